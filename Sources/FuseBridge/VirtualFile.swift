@@ -1,0 +1,73 @@
+import Foundation
+
+/// Who issued a FUSE request.
+public struct Caller: Sendable, Equatable {
+    public var pid: pid_t
+    public var uid: uid_t
+    public var gid: gid_t
+}
+
+/// One read-only file in a ``VirtualDirectory``. Its bytes come from closures, so the
+/// bridge never knows what they mean.
+public struct VirtualFile: Sendable {
+    /// What a file holds at one instant.
+    public enum Content: Sendable {
+        case bytes([UInt8], mtime: Date)
+        /// The name does not exist right now (ENOENT).
+        case absent
+        /// Opening fails with this errno (EIO, say).
+        case failure(Int32)
+    }
+
+    public let name: String
+    /// Permission bits (`0o400`).
+    public let permissions: mode_t
+    public let uid: uid_t
+    public let gid: gid_t
+    /// The content for lookups, `stat` and listings. Must not block.
+    public let peek: @Sendable () -> Content
+    /// The content one open snapshots for its whole life. May block (briefly).
+    public let open: @Sendable (Caller) -> Content
+
+    public init(
+        name: String, permissions: mode_t, uid: uid_t = getuid(), gid: gid_t = getgid(),
+        peek: @escaping @Sendable () -> Content, open: @escaping @Sendable (Caller) -> Content
+    ) {
+        self.name = name
+        self.permissions = permissions
+        self.uid = uid
+        self.gid = gid
+        self.peek = peek
+        self.open = open
+    }
+}
+
+/// The whole tree: one directory (the mount root) of virtual files.
+public struct VirtualDirectory: Sendable {
+    public let files: [VirtualFile]
+    public let permissions: mode_t
+    public let uid: uid_t
+    public let gid: gid_t
+    /// The directory's `st_mtime` (the mount's start, say).
+    public let mtime: Date
+
+    public init(
+        files: [VirtualFile], permissions: mode_t = 0o555, uid: uid_t = getuid(), gid: gid_t = getgid(),
+        mtime: Date = Date()
+    ) {
+        self.files = files
+        self.mtime = mtime
+        self.permissions = permissions
+        self.uid = uid
+        self.gid = gid
+    }
+
+    /// Inode numbers: 1 is the root, files follow in order from 2.
+    static let rootInode: UInt64 = 1
+    func inode(of index: Int) -> UInt64 { UInt64(index) + 2 }
+    func file(at inode: UInt64) -> VirtualFile? {
+        guard inode >= 2, inode - 2 < UInt64(files.count) else { return nil }
+        return files[Int(inode - 2)]
+    }
+    func index(named name: String) -> Int? { files.firstIndex { $0.name == name } }
+}

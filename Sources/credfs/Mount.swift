@@ -1,0 +1,201 @@
+import ArgumentParser
+import CFuse3
+import CredentialCore
+import Foundation
+import FuseBridge
+import Logging
+import ServiceLifecycle
+import UnixSignals
+
+struct Mount: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Mount the credential files and keep them fresh.",
+        discussion: "Without -f, returns once the mount is live and leaves the daemon running.")
+
+    @Argument(help: "Where to mount.")
+    var mountpoint: String = "/mnt/.alibabacloud"
+
+    @OptionGroup var source: ProviderOptions
+
+    @Flag(name: [.short, .long], help: "Stay in the foreground (for systemd and debugging).")
+    var foreground = false
+
+    @Flag(help: "Let other users in; file modes, --uid and --gid then decide who reads what.")
+    var allowOther = false
+
+    @Option(help: "Owner of the secret files (default: the mounting user).")
+    var uid: UInt32?
+
+    @Option(help: "Group of the secret files (default: the mounting user's).")
+    var gid: UInt32?
+
+    @Option(help: "Octal mode of the secret files.")
+    var mode: Octal = Octal(argument: "0400")!
+
+    @Option(help: "Refresh when this much lifetime is left (e.g. 900, 15m; default: min(15m, lifetime/3)).")
+    var refreshBefore: Seconds?
+
+    @Option(help: "How long an open waits for the very first credentials (e.g. 10, 10s).")
+    var initialWait: Seconds = Seconds(argument: "10")!
+
+    @Option(help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: Logger.Level = .info
+
+    @Option(help: .hidden)
+    var readyFd: Int32?
+
+    func validate() throws {
+        if let refreshBefore, refreshBefore.value <= 0 {
+            throw ValidationError("--refresh-before must be more than 0 seconds")
+        }
+        guard initialWait.value <= 3600 else { throw ValidationError("--initial-wait must be at most 1h") }
+    }
+
+    func run() async throws {
+        if foreground {
+            try await runForeground()
+        } else {
+            try Daemon.spawnAndWait(arguments: Array(CommandLine.arguments.dropFirst(2)))
+        }
+    }
+
+    func runForeground() async throws {
+        _ = credfs_set_not_dumpable()
+        let level = logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "credfs")
+        let ready = readyFd.map(ReadinessPipe.init)
+        do {
+            try await serve(logger: logger, ready: ready)
+        } catch var failure as Failure {
+            if let ready {
+                ready.fail(failure.message)
+                failure.reported = true
+            }
+            throw failure
+        }
+    }
+
+    func serve(logger: Logger, ready: ReadinessPipe?) async throws {
+        let path = URL(fileURLWithPath: mountpoint).standardizedFileURL.path
+        try MountPoint.prepare(path, logger: logger)
+
+        let mountedAt = Date()
+        let fileSystem = Holder<FuseFileSystem>()
+        let refresher = Refresher(
+            provider: source.makeProvider(),
+            policy: RefreshPolicy(refreshBefore: refreshBefore?.value),
+            logger: Logger(label: "credfs.refresher"),
+            onPublish: { _ in
+                fileSystem.value?.invalidate(CredentialView.allCases.filter { $0 != .status }.map(\.rawValue))
+            })
+        let views = CredentialViewSource(
+            refresher: refresher, initialWait: initialWait.value, mountedAt: mountedAt, version: Credfs.version)
+        var options = MountOptions()
+        options.allowOther = allowOther
+        let fs = FuseFileSystem(
+            tree: Tree.make(
+                views: views, secretMode: mode.value, uid: uid ?? getuid(), gid: gid ?? getgid(), mountedAt: mountedAt),
+            mountpoint: path, options: options)
+        do {
+            try fs.mount()
+        } catch {
+            throw Failure(message: "\(error)")
+        }
+        fileSystem.value = fs
+        fs.start()
+        guard MountPoint.isAnswering(path) else {
+            fs.stop()
+            throw Failure(message: "mounted \(path) but it does not answer")
+        }
+        logger.info(
+            "mounted", metadata: ["mountpoint": "\(path)", "provider": "\(refresher.provider.name)", "pid": "\(getpid())"])
+        ready?.succeed()
+
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [
+                    .init(service: FuseService(fs: fs)),
+                    .init(service: RefresherService(refresher: refresher)),
+                    .init(service: HangupService(refresher: refresher, logger: logger)),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        try await group.run()
+        logger.info("unmounted", metadata: ["mountpoint": "\(path)"])
+    }
+}
+
+/// A slot filled once, read from other threads.
+final class Holder<T: AnyObject & Sendable>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: T?
+    var value: T? {
+        get { lock.withLock { stored } }
+        set { lock.withLock { stored = newValue } }
+    }
+}
+
+/// Serves FUSE until the mount goes away; on SIGTERM/SIGINT unmounts and returns.
+struct FuseService: Service {
+    let fs: FuseFileSystem
+    func run() async throws {
+        await withGracefulShutdownHandler {
+            await fs.waitUntilStopped()
+        } onGracefulShutdown: {
+            fs.stop()
+        }
+    }
+}
+
+/// Keeps the credentials fresh until shutdown.
+struct RefresherService: Service {
+    let refresher: Refresher
+    func run() async throws {
+        try await cancelWhenGracefulShutdown { [refresher] in
+            await refresher.run()
+        }
+    }
+}
+
+/// SIGHUP: refresh now.
+struct HangupService: Service {
+    let refresher: Refresher
+    let logger: Logger
+    func run() async throws {
+        for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
+            logger.info("SIGHUP: refreshing now")
+            refresher.requestRefresh()
+        }
+    }
+}
+
+/// The files of SPEC section 1, wired to the view source.
+enum Tree {
+    static func make(
+        views: CredentialViewSource, secretMode: mode_t, uid: uid_t, gid: gid_t, mountedAt: Date
+    ) -> VirtualDirectory {
+        let files = CredentialView.allCases.map { view in
+            VirtualFile(
+                name: view.rawValue,
+                permissions: view.isSecret ? secretMode : 0o444,
+                uid: view.isSecret ? uid : getuid(),
+                gid: view.isSecret ? gid : getgid(),
+                peek: { convert(views.peek(view)) },
+                open: { _ in convert(views.open(view)) })
+        }
+        return VirtualDirectory(files: files, permissions: 0o555, uid: uid, gid: gid, mtime: mountedAt)
+    }
+
+    static func convert(_ content: ViewContent) -> VirtualFile.Content {
+        switch content {
+        case .bytes(let bytes, let mtime): return .bytes(bytes, mtime: mtime)
+        case .absent: return .absent
+        case .unavailable: return .failure(EIO)
+        }
+    }
+}
