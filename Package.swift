@@ -51,7 +51,7 @@ let package = Package(
             name: "CredfsTests",
             dependencies: [
                 "credfs",
-                "CredentialCore",
+                "CFuse3",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -8,6 +8,7 @@
 #include <sys/prctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 // Variadic or macro-only C APIs do not import into Swift: wrap them here.

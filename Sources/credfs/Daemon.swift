@@ -12,6 +12,10 @@ enum Daemon {
         let writeEnd = fds[1]
         let childFd: Int32 = 3
 
+        // The daemon outlives this process: it must not keep any descriptor it was not
+        // given (a caller's pipe or socket would never see EOF).
+        closeOnExecAll(except: [0, 1, 2])
+
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -55,6 +59,15 @@ enum Daemon {
         var status: Int32 = 0
         waitpid(pid, &status, WNOHANG)
         throw Failure(message: text.hasPrefix("error: ") ? String(text.dropFirst(7)) : "the daemon exited before the mount was live")
+    }
+}
+
+/// Marks every open descriptor but `keep` close-on-exec.
+func closeOnExecAll(except keep: Set<Int32>) {
+    guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") else { return }
+    for entry in entries {
+        guard let fd = Int32(entry), !keep.contains(fd) else { continue }
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
     }
 }
 

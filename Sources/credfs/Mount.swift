@@ -119,7 +119,7 @@ struct Mount: AsyncParsableCommand {
         let group = ServiceGroup(
             configuration: .init(
                 services: [
-                    .init(service: FuseService(fs: fs)),
+                    .init(service: FuseService(fs: fs), successTerminationBehavior: .gracefullyShutdownGroup),
                     .init(service: RefresherService(refresher: refresher)),
                     .init(service: HangupService(refresher: refresher, logger: logger)),
                 ],
