@@ -25,10 +25,8 @@ public enum AnswerParser {
     ///   - body: the raw body, at most ``maxBodyBytes`` (larger bodies are rejected).
     ///   - now: the time the answer is judged at (Expiration must lie after it).
     public static func parseFlat(status: Int, body: [UInt8], now: Date) throws(CredentialError) -> Credentials {
-        guard body.count <= maxBodyBytes else {
-            throw CredentialError("answer larger than 64 KiB")
-        }
-        let decoded = try? JSONDecoder().decode(FlatAnswer.self, from: Data(body))
+        let tooLarge = body.count > maxBodyBytes
+        let decoded = tooLarge ? nil : try? JSONDecoder().decode(FlatAnswer.self, from: Data(body))
         guard status == 200 else {
             if let decoded, decoded.Code != nil || decoded.Message != nil {
                 throw CredentialError(
@@ -36,6 +34,7 @@ public enum AnswerParser {
             }
             throw CredentialError("HTTP \(status)")
         }
+        guard !tooLarge else { throw CredentialError("answer larger than 64 KiB") }
         guard let answer = decoded else {
             throw CredentialError("answer is not a JSON object with the credential fields")
         }

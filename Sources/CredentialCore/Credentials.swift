@@ -119,12 +119,14 @@ public enum Timestamp {
             second < 61
         else { return nil }
         var parts = tm()
+        // A leap second (:60) is held as :59 so timegm does not roll it into the next minute.
+        let clampedSecond = min(second, 59)
         parts.tm_year = Int32(year - 1900)
         parts.tm_mon = Int32(month - 1)
         parts.tm_mday = Int32(day)
         parts.tm_hour = Int32(hour)
         parts.tm_min = Int32(minute)
-        parts.tm_sec = Int32(second)
+        parts.tm_sec = Int32(clampedSecond)
         let epoch = timegm(&parts)
         // timegm normalises out-of-range days (Feb 30): reject those.
         guard parts.tm_mday == Int32(day), parts.tm_mon == Int32(month - 1) else { return nil }

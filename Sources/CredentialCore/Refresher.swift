@@ -35,6 +35,8 @@ public final class Refresher: Sendable {
     /// Called after each new generation is published, from the refresher's own task (never
     /// from a reader), so it may notify the kernel.
     let onPublish: @Sendable (Published) -> Void
+    /// Called after each failed refresh with its error and the count of failures in a row.
+    let onFailure: @Sendable (String, Int) -> Void
 
     struct Inner {
         var machine: RefreshMachine
@@ -51,8 +53,10 @@ public final class Refresher: Sendable {
         clock: any RefreshClock = SystemRefreshClock(),
         random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) },
         logger: Logger = Logger(label: "credfs.refresher"),
-        onPublish: @escaping @Sendable (Published) -> Void = { _ in }
+        onPublish: @escaping @Sendable (Published) -> Void = { _ in },
+        onFailure: @escaping @Sendable (String, Int) -> Void = { _, _ in }
     ) {
+        self.onFailure = onFailure
         self.provider = provider
         self.clock = clock
         self.random = random
@@ -138,11 +142,11 @@ public final class Refresher: Sendable {
     }
 
     func fetchOnce() async {
-        let started = inner.withLock { $0.machine.begin(at: clock.now()) }
-        guard started else { return }
         defer {
             inner.withLock { $0.flight = nil }
         }
+        let started = inner.withLock { $0.machine.begin(at: clock.now()) }
+        guard started else { return }
         let result: Result<Credentials, CredentialError>
         do {
             result = .success(try await provider.fetch())
@@ -179,6 +183,7 @@ public final class Refresher: Sendable {
                 return inner.machine.consecutiveFailures
             }
             arrivals.broadcast()
+            onFailure(error.message, failures)
             logger.warning(
                 "refresh failed", metadata: ["error": "\(error.message)", "consecutiveFailures": "\(failures)"])
         }

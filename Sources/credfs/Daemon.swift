@@ -29,7 +29,7 @@ enum Daemon {
         let setsid: Int16 = 0x80  // POSIX_SPAWN_SETSID (glibc)
         posix_spawnattr_setflags(&attributes, setsid)
 
-        let argv = [CommandLine.arguments[0], "mount"] + arguments
+        let argv = ["credfs", "mount"] + arguments
             + ["--foreground", "--ready-fd", String(childFd)]
         var cArgs = argv.map { strdup($0) } + [nil]
         defer { cArgs.forEach { free($0) } }

@@ -7,8 +7,18 @@ import Foundation
 enum Entry {
     static func main() async {
         signal(SIGPIPE, SIG_IGN)
+        var arguments = Array(CommandLine.arguments.dropFirst())
+        if FstabArguments.applies(to: CommandLine.arguments) {
+            switch FstabArguments.translate(CommandLine.arguments) {
+            case .success(let translated): arguments = translated
+            case .failure(let failure):
+                FileHandle.standardError.write(Data("credfs: \(failure.message)\n".utf8))
+                exit(64)
+            }
+        }
+        Invocation.arguments = arguments
         do {
-            var command = try Credfs.parseAsRoot()
+            var command = try Credfs.parseAsRoot(arguments)
             if var command = command as? AsyncParsableCommand {
                 try await command.run()
             } else {
@@ -33,6 +43,11 @@ enum Entry {
             exit(code.rawValue)
         }
     }
+}
+
+/// The arguments credfs runs with (after any mount-helper translation).
+enum Invocation {
+    nonisolated(unsafe) static var arguments: [String] = []
 }
 
 /// A runtime failure: one line on stderr, exit 1 (or the given code).

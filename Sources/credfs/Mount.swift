@@ -55,7 +55,7 @@ struct Mount: AsyncParsableCommand {
         if foreground {
             try await runForeground()
         } else {
-            try Daemon.spawnAndWait(arguments: Array(CommandLine.arguments.dropFirst(2)))
+            try Daemon.spawnAndWait(arguments: Array(Invocation.arguments.dropFirst()))
         }
     }
 
@@ -86,12 +86,19 @@ struct Mount: AsyncParsableCommand {
 
         let mountedAt = Date()
         let fileSystem = Holder<FuseFileSystem>()
+        // systemd: READY=1 once the first credentials are served, STATUS= as things change.
+        let notifier = SystemdNotifier()
         let refresher = Refresher(
             provider: source.makeProvider(),
             policy: RefreshPolicy(refreshBefore: refreshBefore?.value),
             logger: Logger(label: "credfs.refresher"),
-            onPublish: { _ in
+            onPublish: { published in
                 fileSystem.value?.invalidate(CredentialView.allCases.filter { $0 != .status }.map(\.rawValue))
+                let expires = published.credentials.expiration.map(Timestamp.format) ?? "never"
+                notifier.ready(status: "serving generation \(published.generation), expires \(expires)")
+            },
+            onFailure: { error, failures in
+                notifier.status("refresh failing (\(failures) in a row): \(error)")
             })
         let views = CredentialViewSource(
             refresher: refresher, initialWait: initialWait.value, mountedAt: mountedAt, version: Credfs.version)
@@ -126,6 +133,7 @@ struct Mount: AsyncParsableCommand {
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         try await group.run()
+        notifier.stopping()
         logger.info("unmounted", metadata: ["mountpoint": "\(path)"])
     }
 }

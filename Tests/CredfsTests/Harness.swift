@@ -107,10 +107,15 @@ final class Daemon {
     let mountpoint: String
     let logPath: String
     let process: Process
+    /// False when another daemon will reuse the directory after this one.
+    var removesDirectory = true
 
     /// Starts the daemon and waits until the mount answers.
-    init(_ arguments: [String], environment: [String: String]? = nil, waitForMount: Bool = true) throws {
-        dir = try TempDir()
+    init(
+        _ arguments: [String], environment: [String: String]? = nil, waitForMount: Bool = true,
+        in existing: TempDir? = nil
+    ) throws {
+        dir = try existing ?? TempDir()
         mountpoint = dir.path + "/mnt"
         logPath = dir.path + "/credfs.log"
         FileManager.default.createFile(atPath: logPath, contents: nil)
@@ -137,7 +142,9 @@ final class Daemon {
         }
     }
 
-    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+    private var finalLog: String?
+    /// What the daemon wrote to stderr (kept after ``stop()``).
+    var log: String { finalLog ?? (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
     var pid: pid_t { process.processIdentifier }
 
     func path(_ name: String) -> String { mountpoint + "/" + name }
@@ -174,8 +181,30 @@ final class Daemon {
             process.waitUntilExit()
         }
         let seconds = Date().timeIntervalSince(start)
+        finalLog = log
         if isMounted(mountpoint) { umount2(mountpoint, Int32(MNT_DETACH)) }
-        dir.remove()
+        if removesDirectory { dir.remove() }
         return (exited, seconds)
     }
+}
+
+/// Runs `argv` as another user (setpriv, no supplementary groups).
+func runAs(uid: uid_t, gid: gid_t, _ argv: [String]) throws -> CommandResult {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+    process.arguments = ["--reuid=\(uid)", "--regid=\(gid)", "--clear-groups", "--"] + argv
+    let dir = try TempDir()
+    defer { dir.remove() }
+    let out = dir.path + "/out"
+    let err = dir.path + "/err"
+    FileManager.default.createFile(atPath: out, contents: nil)
+    FileManager.default.createFile(atPath: err, contents: nil)
+    process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
+    process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
+    try process.run()
+    process.waitUntilExit()
+    return CommandResult(
+        status: process.terminationStatus,
+        stdout: (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
+        stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
 }
