@@ -120,7 +120,11 @@ struct Mount: AsyncParsableCommand {
             throw Failure(message: "mounted \(path) but it does not answer")
         }
         logger.info(
-            "mounted", metadata: ["mountpoint": "\(path)", "provider": "\(refresher.provider.name)", "pid": "\(getpid())"])
+            "mounted",
+            metadata: [
+                "mountpoint": "\(path)", "provider": "\(refresher.provider.name)", "pid": "\(getpid())",
+                "dumpable": "\(credfs_is_dumpable() != 0)",
+            ])
         ready?.succeed()
 
         let group = ServiceGroup(

@@ -179,6 +179,8 @@ struct BootTests {
         #expect(exited)
         seen.append(daemon.log)
         #expect(daemon.log.contains("refresh failed"))
+        // PR_GET_DUMPABLE, as the daemon read it back after PR_SET_DUMPABLE 0.
+        #expect(daemon.log.contains("dumpable=false"))
 
         let secrets = (1...2).flatMap { g in
             [FakeCredentialServer.secret(g), FakeCredentialServer.token(g), FakeCredentialServer.accessKeyId(g)]
