@@ -9,9 +9,15 @@ public enum CredentialView: String, CaseIterable, Sendable {
     case token
     case expiration
     case status
+    case env
+    case configJSON = "config.json"
 
     /// Secret views take `--mode/--uid/--gid`; `expiration` and `status` stay 0444.
     public var isSecret: Bool { self != .expiration && self != .status }
+
+    /// The one-field views, which a reader combines across several opens: these are
+    /// pinned to one generation per process group (SPEC section 2 item 4).
+    public var isField: Bool { [.accessKeyId, .accessKeySecret, .token, .expiration].contains(self) }
 }
 
 /// What a view holds at one instant.
@@ -30,13 +36,24 @@ public final class CredentialViewSource: Sendable {
     let initialWait: TimeInterval
     let mountedAt: Date
     let version: String
+    let region: String
+    let clock: any RefreshClock
     private let rendered = Mutex<(generation: Int, views: CredentialViews)?>(nil)
+    /// Process group → the generation its field reads are pinned to.
+    public let pins: GenerationPins
 
-    public init(refresher: Refresher, initialWait: TimeInterval, mountedAt: Date, version: String) {
+    public init(
+        refresher: Refresher, initialWait: TimeInterval, mountedAt: Date, version: String,
+        region: String = "cn-hangzhou", clock: any RefreshClock = SystemRefreshClock(),
+        pins: GenerationPins = GenerationPins()
+    ) {
         self.refresher = refresher
         self.initialWait = initialWait
         self.mountedAt = mountedAt
         self.version = version
+        self.region = region
+        self.clock = clock
+        self.pins = pins
     }
 
     /// The current content, for `stat` and directory listings: never waits. While no valid
@@ -49,10 +66,14 @@ public final class CredentialViewSource: Sendable {
 
     /// The content an open snapshots: waits up to `initialWait` for the very first
     /// credentials; `.unavailable` when none are valid.
-    public func open(_ view: CredentialView) -> ViewContent {
+    ///
+    /// - Parameter group: the reader's process group; field views read by one group within
+    ///   ``GenerationPins/window`` of its first field read come from one generation.
+    public func open(_ view: CredentialView, group: Int32? = nil) -> ViewContent {
         if view == .status { return statusContent() }
-        guard let published = refresher.waitForServing(timeout: initialWait) else { return .unavailable }
-        return content(view, of: published)
+        guard let current = refresher.waitForServing(timeout: initialWait) else { return .unavailable }
+        guard view.isField, let group else { return content(view, of: current) }
+        return content(view, of: pins.generation(for: group, current: current, now: clock.now()))
     }
 
     public func status() -> StatusSnapshot {
@@ -72,6 +93,8 @@ public final class CredentialViewSource: Sendable {
         case .accessKeySecret: bytes = views.accessKeySecret
         case .token: bytes = views.token
         case .expiration: bytes = views.expiration
+        case .env: bytes = views.env
+        case .configJSON: bytes = views.configJSON
         case .status: bytes = nil
         }
         return bytes.map { .bytes($0, mtime: published.fetchedAt) } ?? .absent
@@ -80,9 +103,45 @@ public final class CredentialViewSource: Sendable {
     func views(of published: Published) -> CredentialViews {
         rendered.withLock { cache in
             if let cache, cache.generation == published.generation { return cache.views }
-            let views = CredentialViews(published.credentials)
+            let views = CredentialViews(published.credentials, region: region)
             cache = (published.generation, views)
             return views
+        }
+    }
+}
+
+/// Pins each process group's field reads to the generation of its first field read, for
+/// ``window`` seconds (not sliding), while that generation is valid. Bounded: the oldest
+/// pin is dropped when full. Costs no upstream request.
+public final class GenerationPins: Sendable {
+    public let window: TimeInterval
+    public let capacity: Int
+    private let pins = Mutex<[Int32: (published: Published, pinnedAt: Date)]>([:])
+
+    public init(window: TimeInterval = 10, capacity: Int = 4096) {
+        self.window = window
+        self.capacity = capacity
+    }
+
+    public var count: Int { pins.withLock { $0.count } }
+
+    /// The generation `group` reads now: its pin while fresh and valid, else `current`
+    /// (which becomes its new pin).
+    public func generation(for group: Int32, current: Published, now: Date) -> Published {
+        pins.withLock { pins in
+            if let pin = pins[group], now.timeIntervalSince(pin.pinnedAt) < window,
+                pin.published.credentials.isValid(at: now)
+            {
+                return pin.published
+            }
+            if pins.count >= capacity {
+                pins = pins.filter { now.timeIntervalSince($0.value.pinnedAt) < window }
+                if pins.count >= capacity, let oldest = pins.min(by: { $0.value.pinnedAt < $1.value.pinnedAt }) {
+                    pins[oldest.key] = nil
+                }
+            }
+            pins[group] = (current, now)
+            return current
         }
     }
 }

@@ -74,8 +74,12 @@ public struct CredentialViews: Sendable {
     public let accessKeySecret: [UInt8]
     public let token: [UInt8]?
     public let expiration: [UInt8]?
+    public let env: [UInt8]
+    public let configJSON: [UInt8]
 
-    public init(_ c: Credentials) {
+    public init(_ c: Credentials, region: String = "cn-hangzhou") {
+        env = Render.envFile(c)
+        configJSON = Render.cliConfig(c, region: region)
         credentials = Render.credentialsFile(c)
         accessKeyId = Array(c.accessKeyId.utf8)
         accessKeySecret = Array(c.accessKeySecret.utf8)
@@ -94,6 +98,21 @@ extension Render {
         ]
         if let token = c.securityToken { lines.append("export ALIBABA_CLOUD_SECURITY_TOKEN=\(quoted(token))") }
         return Array((lines.joined(separator: "\n") + "\n").utf8)
+    }
+
+    /// An `aliyun` CLI configuration with one profile, `default`: `StsToken` mode, or `AK`
+    /// for a key pair without a token.
+    public static func cliConfig(_ c: Credentials, region: String) -> [UInt8] {
+        var profile = [
+            ("name", "default"),
+            ("mode", c.securityToken == nil ? "AK" : "StsToken"),
+            ("access_key_id", c.accessKeyId),
+            ("access_key_secret", c.accessKeySecret),
+        ]
+        if let token = c.securityToken { profile.append(("sts_token", token)) }
+        profile.append(("region_id", region))
+        let fields = profile.map { "\(jsonString($0.0)):\(jsonString($0.1))" }.joined(separator: ",")
+        return Array(("{\"current\":\"default\",\"profiles\":[{" + fields + "}]}\n").utf8)
     }
 
     /// The `aliyun` CLI "External" process answer.

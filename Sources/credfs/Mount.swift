@@ -38,6 +38,12 @@ struct Mount: AsyncParsableCommand {
     @Option(help: "How long an open waits for the very first credentials (e.g. 10, 10s).")
     var initialWait: Seconds = Seconds(argument: "10")!
 
+    @Option(help: "region_id written into config.json.")
+    var region: String = "cn-hangzhou"
+
+    @Option(help: "Also answer GET / on this loopback HOST:PORT with the credentials-URI JSON.")
+    var serveUri: LoopbackAddress?
+
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: Logger.Level = .info
 
@@ -101,13 +107,23 @@ struct Mount: AsyncParsableCommand {
                 notifier.status("refresh failing (\(failures) in a row): \(error)")
             })
         let views = CredentialViewSource(
-            refresher: refresher, initialWait: initialWait.value, mountedAt: mountedAt, version: Credfs.version)
+            refresher: refresher, initialWait: initialWait.value, mountedAt: mountedAt, version: Credfs.version,
+            region: region)
         var options = MountOptions()
         options.allowOther = allowOther
         let fs = FuseFileSystem(
             tree: Tree.make(
                 views: views, secretMode: mode.value, uid: uid ?? getuid(), gid: gid ?? getgid(), mountedAt: mountedAt),
             mountpoint: path, options: options)
+        // Listen before mounting: a busy port must not leave a mount behind.
+        var uriServer: CredentialsURIServer?
+        if let serveUri {
+            do {
+                uriServer = try await CredentialsURIServer.bind(host: serveUri.host, port: serveUri.port, refresher: refresher)
+            } catch {
+                throw Failure(message: "\(error)")
+            }
+        }
         do {
             try fs.mount()
         } catch {
@@ -127,13 +143,18 @@ struct Mount: AsyncParsableCommand {
             ])
         ready?.succeed()
 
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: FuseService(fs: fs), successTerminationBehavior: .gracefullyShutdownGroup),
+            .init(service: RefresherService(refresher: refresher)),
+            .init(service: HangupService(refresher: refresher, logger: logger)),
+        ]
+        if let uriServer {
+            logger.info("serving the credentials URI", metadata: ["address": "http://\(serveUri!.host):\(uriServer.port)/"])
+            services.append(.init(service: URIService(server: uriServer)))
+        }
         let group = ServiceGroup(
             configuration: .init(
-                services: [
-                    .init(service: FuseService(fs: fs), successTerminationBehavior: .gracefullyShutdownGroup),
-                    .init(service: RefresherService(refresher: refresher)),
-                    .init(service: HangupService(refresher: refresher, logger: logger)),
-                ],
+                services: services,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         try await group.run()
@@ -174,6 +195,18 @@ struct RefresherService: Service {
     }
 }
 
+/// `--serve-uri`: answers until shutdown.
+struct URIService: Service {
+    let server: CredentialsURIServer
+    func run() async throws {
+        await withGracefulShutdownHandler {
+            await server.waitUntilClosed()
+        } onGracefulShutdown: {
+            Task { await server.close() }
+        }
+    }
+}
+
 /// SIGHUP: refresh now.
 struct HangupService: Service {
     let refresher: Refresher
@@ -198,7 +231,10 @@ enum Tree {
                 uid: view.isSecret ? uid : getuid(),
                 gid: view.isSecret ? gid : getgid(),
                 peek: { convert(views.peek(view)) },
-                open: { _ in convert(views.open(view)) })
+                open: { caller in
+                    let group = getpgid(caller.pid)
+                    return convert(views.open(view, group: group > 0 ? group : nil))
+                })
         }
         return VirtualDirectory(files: files, permissions: 0o555, uid: uid, gid: gid, mtime: mountedAt)
     }
