@@ -166,7 +166,7 @@ struct BootTests {
         seen.append(try runCredfs(["status", daemon.mountpoint]).stdout)
         server.rotate()
         daemon.signal(SIGHUP)
-        try waitUntil("generation 2") { daemon.read("access_key_id").text == FakeCredentialServer.accessKeyId(2) }
+        try waitUntil("generation 2") { daemon.readAsNewGroup("access_key_id") == FakeCredentialServer.accessKeyId(2) }
         server.setBehaviour(.status(500))
         daemon.signal(SIGHUP)
         try waitUntil("a failed refresh") { try daemon.state() == "stale" }

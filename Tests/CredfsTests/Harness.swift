@@ -150,6 +150,21 @@ final class Daemon {
     func path(_ name: String) -> String { mountpoint + "/" + name }
     func read(_ name: String) -> PosixRead { readFile(path(name)) }
 
+    /// Reads a file from a new process group (`setsid cat`), so no generation pin that this
+    /// test process holds applies.
+    func readAsNewGroup(_ name: String) -> String? {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
+        process.arguments = ["--wait", "cat", path(name)]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { return nil }
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return process.terminationStatus == 0 ? String(decoding: data, as: UTF8.self) : nil
+    }
+
     /// The `status` view, parsed.
     func status() throws -> [String: Any] {
         let read = read("status")

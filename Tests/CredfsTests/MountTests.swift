@@ -32,7 +32,7 @@ struct MountTests {
 
         let modes: [String: mode_t] = [
             "credentials": 0o400, "access_key_id": 0o400, "access_key_secret": 0o400, "token": 0o400,
-            "expiration": 0o444, "status": 0o444,
+            "expiration": 0o444, "status": 0o444, "env": 0o400, "config.json": 0o400,
         ]
         let listed = try FileManager.default.contentsOfDirectory(atPath: daemon.mountpoint).sorted()
         #expect(listed == modes.keys.sorted())
@@ -117,11 +117,12 @@ struct MountTests {
         let whole = String(decoding: head + (rest.bytes ?? []), as: UTF8.self)
         #expect(whole == expectedCredentialsFile(generation: 1, expiration: firstExpiration))
 
-        // A new open sees generation 2, and stat agrees with it.
-        let secondExpiration = try #require(daemon.read("expiration").text)
+        // A new open sees generation 2, and stat agrees with it. (Field files are read from
+        // a new process group: this one is pinned to generation 1 for 10 s.)
+        let secondExpiration = try #require(daemon.readAsNewGroup("expiration"))
         let fresh = daemon.read("credentials")
         #expect(fresh.text == expectedCredentialsFile(generation: 2, expiration: secondExpiration))
-        #expect(daemon.read("token").text == FakeCredentialServer.token(2))
+        #expect(daemon.readAsNewGroup("token") == FakeCredentialServer.token(2))
         var st = stat()
         stat(daemon.path("credentials"), &st)
         #expect(Int(st.st_size) == fresh.bytes?.count)
@@ -206,7 +207,7 @@ struct MountTests {
         #expect(daemon.read("token").error == ENOENT)
         #expect(daemon.read("expiration").error == ENOENT)
         let listed = try FileManager.default.contentsOfDirectory(atPath: daemon.mountpoint).sorted()
-        #expect(listed == ["access_key_id", "access_key_secret", "credentials", "status"])
+        #expect(listed == ["access_key_id", "access_key_secret", "config.json", "credentials", "env", "status"])
         #expect(try daemon.state() == "fresh")
     }
 
