@@ -21,7 +21,7 @@ import Testing
   }
 
   func statusJSON(_ content: ViewContent) throws -> [String: Any] {
-    guard case .bytes(let bytes, _) = content else {
+    guard case .bytes(let bytes, _, _) = content else {
       Issue.record("status is not bytes: \(content)")
       return [:]
     }
@@ -76,8 +76,8 @@ import Testing
     ]
     for view in Self.credentialViews {
       let bytes = try #require(expected[view])
-      #expect(source.peek(view) == .bytes(bytes, mtime: mtime))
-      #expect(source.open(view) == .bytes(bytes, mtime: mtime))
+      #expect(source.peek(view) == .bytes(bytes, mtime: mtime, generation: 1))
+      #expect(source.open(view) == .bytes(bytes, mtime: mtime, generation: 1))
     }
     let status = try statusJSON(source.open(.status))
     #expect(status["state"] as? String == "fresh")
@@ -95,8 +95,12 @@ import Testing
     #expect(source.peek(.token) == .absent)
     #expect(source.open(.expiration) == .absent)
     #expect(source.peek(.expiration) == .absent)
-    #expect(source.open(.credentials) == .bytes(Render.credentialsFile(pair), mtime: Fixture.t0))
-    #expect(source.open(.accessKeySecret) == .bytes(Array(Fixture.secret.utf8), mtime: Fixture.t0))
+    #expect(
+      source.open(.credentials)
+        == .bytes(Render.credentialsFile(pair), mtime: Fixture.t0, generation: 1))
+    #expect(
+      source.open(.accessKeySecret)
+        == .bytes(Array(Fixture.secret.utf8), mtime: Fixture.t0, generation: 1))
     let status = try statusJSON(source.peek(.status))
     #expect(status["state"] as? String == "fresh")
     #expect(status["expiration"] is NSNull)
@@ -107,7 +111,9 @@ import Testing
     let provider = ScriptedProvider { Fixture.sts() }
     let (refresher, source) = source(provider, clock: clock)
     await refresher.refresh()
-    #expect(source.open(.accessKeySecret) == .bytes(Array(Fixture.secret.utf8), mtime: Fixture.t0))
+    #expect(
+      source.open(.accessKeySecret)
+        == .bytes(Array(Fixture.secret.utf8), mtime: Fixture.t0, generation: 1))
 
     clock.advance(by: 2700)
     let next = Fixture.sts(
@@ -116,8 +122,11 @@ import Testing
     await refresher.refresh()
     let fetched = clock.now()
     #expect(
-      source.open(.accessKeySecret) == .bytes(Array("second-generation".utf8), mtime: fetched))
-    #expect(source.peek(.credentials) == .bytes(Render.credentialsFile(next), mtime: fetched))
+      source.open(.accessKeySecret)
+        == .bytes(Array("second-generation".utf8), mtime: fetched, generation: 2))
+    #expect(
+      source.peek(.credentials)
+        == .bytes(Render.credentialsFile(next), mtime: fetched, generation: 2))
     #expect(try statusJSON(source.peek(.status))["generation"] as? Int == 2)
   }
 
@@ -129,7 +138,8 @@ import Testing
     provider.fail(with: CredentialError("uri: HTTP 503"))
     clock.advance(by: 2700)
     await refresher.refresh()
-    #expect(source.open(.token) == .bytes(Array(Fixture.token.utf8), mtime: Fixture.t0))
+    #expect(
+      source.open(.token) == .bytes(Array(Fixture.token.utf8), mtime: Fixture.t0, generation: 1))
     #expect(try statusJSON(source.peek(.status))["state"] as? String == "stale")
 
     clock.advance(to: Fixture.expiration)
