@@ -5,135 +5,135 @@ import Foundation
 /// `expiration` is held in whole seconds (fractions are dropped when parsing), so the
 /// instant credfs stops serving a set is exactly the instant its files name.
 public struct Credentials: Sendable, Equatable {
-  public var accessKeyId: String
-  public var accessKeySecret: String
-  /// The STS SecurityToken; `nil` for a long-lived AccessKey pair.
-  public var securityToken: String?
-  /// When the set stops being valid; `nil` when it never expires.
-  public var expiration: Date?
+    public var accessKeyId: String
+    public var accessKeySecret: String
+    /// The STS SecurityToken; `nil` for a long-lived AccessKey pair.
+    public var securityToken: String?
+    /// When the set stops being valid; `nil` when it never expires.
+    public var expiration: Date?
 
-  public init(
-    accessKeyId: String, accessKeySecret: String, securityToken: String?, expiration: Date?
-  ) {
-    self.accessKeyId = accessKeyId
-    self.accessKeySecret = accessKeySecret
-    self.securityToken = securityToken
-    self.expiration = expiration.map(Timestamp.wholeSeconds)
-  }
+    public init(
+        accessKeyId: String, accessKeySecret: String, securityToken: String?, expiration: Date?
+    ) {
+        self.accessKeyId = accessKeyId
+        self.accessKeySecret = accessKeySecret
+        self.securityToken = securityToken
+        self.expiration = expiration.map(Timestamp.wholeSeconds)
+    }
 
-  /// Whether the set is still valid at `now` (sets without an expiration always are).
-  public func isValid(at now: Date) -> Bool {
-    guard let expiration else { return true }
-    return now < expiration
-  }
+    /// Whether the set is still valid at `now` (sets without an expiration always are).
+    public func isValid(at now: Date) -> Bool {
+        guard let expiration else { return true }
+        return now < expiration
+    }
 
-  /// The AccessKeyId as Alibaba's documentation masks it: `STS.N*********7`.
-  public var maskedAccessKeyId: String { Self.mask(accessKeyId) }
+    /// The AccessKeyId as Alibaba's documentation masks it: `STS.N*********7`.
+    public var maskedAccessKeyId: String { Self.mask(accessKeyId) }
 
-  /// Keeps the first five and the last character, with a fixed run of stars so the
-  /// length is not revealed either. Short ids are masked whole.
-  public static func mask(_ id: String) -> String {
-    let chars = Array(id)
-    guard chars.count >= 12 else { return "***" }
-    return String(chars.prefix(5)) + "*********" + String(chars.suffix(1))
-  }
+    /// Keeps the first five and the last character, with a fixed run of stars so the
+    /// length is not revealed either. Short ids are masked whole.
+    public static func mask(_ id: String) -> String {
+        let chars = Array(id)
+        guard chars.count >= 12 else { return "***" }
+        return String(chars.prefix(5)) + "*********" + String(chars.suffix(1))
+    }
 }
 
 /// A one-line error from a credential source or from validation. Never holds a secret.
 public struct CredentialError: Error, Sendable, Equatable, CustomStringConvertible {
-  public var message: String
-  public init(_ message: String) {
-    // One line, bounded: upstream messages are copied in, and must not flood a log.
-    let flat = message.split(whereSeparator: \.isNewline).joined(separator: " ")
-    self.message = flat.count > 300 ? String(flat.prefix(300)) + "…" : flat
-  }
-  public var description: String { message }
+    public var message: String
+    public init(_ message: String) {
+        // One line, bounded: upstream messages are copied in, and must not flood a log.
+        let flat = message.split(whereSeparator: \.isNewline).joined(separator: " ")
+        self.message = flat.count > 300 ? String(flat.prefix(300)) + "…" : flat
+    }
+    public var description: String { message }
 }
 
 /// UTC timestamps in the one format credfs writes: `2024-05-21T10:39:29Z`.
 public enum Timestamp {
-  public static func wholeSeconds(_ date: Date) -> Date {
-    Date(timeIntervalSince1970: (date.timeIntervalSince1970).rounded(.down))
-  }
+    public static func wholeSeconds(_ date: Date) -> Date {
+        Date(timeIntervalSince1970: (date.timeIntervalSince1970).rounded(.down))
+    }
 
-  /// `yyyy-MM-ddTHH:mm:ssZ`, UTC, whole seconds (fractions are dropped).
-  public static func format(_ date: Date) -> String {
-    var t = time_t(date.timeIntervalSince1970.rounded(.down))
-    var parts = tm()
-    gmtime_r(&t, &parts)
-    func pad(_ v: Int32, _ width: Int) -> String {
-      let s = String(v)
-      return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
+    /// `yyyy-MM-ddTHH:mm:ssZ`, UTC, whole seconds (fractions are dropped).
+    public static func format(_ date: Date) -> String {
+        var t = time_t(date.timeIntervalSince1970.rounded(.down))
+        var parts = tm()
+        gmtime_r(&t, &parts)
+        func pad(_ v: Int32, _ width: Int) -> String {
+            let s = String(v)
+            return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
+        }
+        return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
+            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2))Z"
     }
-    return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
-      + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2))Z"
-  }
 
-  /// Parses RFC 3339 (`2024-05-21T10:39:29Z`, `…29.123Z`, `…29+08:00`); nil otherwise.
-  public static func parse(_ text: String) -> Date? {
-    let b = Array(text.utf8)
-    var i = 0
-    func digits(_ n: Int) -> Int? {
-      guard i + n <= b.count else { return nil }
-      var v = 0
-      for k in 0..<n {
-        let c = b[i + k]
-        guard c >= 0x30, c <= 0x39 else { return nil }
-        v = v * 10 + Int(c - 0x30)
-      }
-      i += n
-      return v
+    /// Parses RFC 3339 (`2024-05-21T10:39:29Z`, `…29.123Z`, `…29+08:00`); nil otherwise.
+    public static func parse(_ text: String) -> Date? {
+        let b = Array(text.utf8)
+        var i = 0
+        func digits(_ n: Int) -> Int? {
+            guard i + n <= b.count else { return nil }
+            var v = 0
+            for k in 0..<n {
+                let c = b[i + k]
+                guard c >= 0x30, c <= 0x39 else { return nil }
+                v = v * 10 + Int(c - 0x30)
+            }
+            i += n
+            return v
+        }
+        func expect(_ set: [UInt8]) -> Bool {
+            guard i < b.count, set.contains(b[i]) else { return false }
+            i += 1
+            return true
+        }
+        guard let year = digits(4), expect([0x2D]), let month = digits(2), expect([0x2D]),
+            let day = digits(2), expect([0x54, 0x74, 0x20]),  // T, t or space
+            let hour = digits(2), expect([0x3A]), let minute = digits(2), expect([0x3A]),
+            let second = digits(2)
+        else { return nil }
+        var fraction = 0.0
+        if i < b.count, b[i] == 0x2E {  // '.'
+            i += 1
+            var scale = 0.1
+            let start = i
+            while i < b.count, b[i] >= 0x30, b[i] <= 0x39 {
+                fraction += Double(b[i] - 0x30) * scale
+                scale /= 10
+                i += 1
+            }
+            guard i > start else { return nil }
+        }
+        var offset = 0
+        if expect([0x5A, 0x7A]) {  // Z or z
+            offset = 0
+        } else if i < b.count, b[i] == 0x2B || b[i] == 0x2D {
+            let sign = b[i] == 0x2D ? -1 : 1
+            i += 1
+            guard let oh = digits(2), expect([0x3A]), let om = digits(2), oh < 24, om < 60 else {
+                return nil
+            }
+            offset = sign * (oh * 3600 + om * 60)
+        } else {
+            return nil
+        }
+        guard i == b.count, (1...12).contains(month), (1...31).contains(day), hour < 24, minute < 60,
+            second < 61
+        else { return nil }
+        var parts = tm()
+        // A leap second (:60) is held as :59 so timegm does not roll it into the next minute.
+        let clampedSecond = min(second, 59)
+        parts.tm_year = Int32(year - 1900)
+        parts.tm_mon = Int32(month - 1)
+        parts.tm_mday = Int32(day)
+        parts.tm_hour = Int32(hour)
+        parts.tm_min = Int32(minute)
+        parts.tm_sec = Int32(clampedSecond)
+        let epoch = timegm(&parts)
+        // timegm normalises out-of-range days (Feb 30): reject those.
+        guard parts.tm_mday == Int32(day), parts.tm_mon == Int32(month - 1) else { return nil }
+        return Date(timeIntervalSince1970: Double(epoch) - Double(offset) + fraction)
     }
-    func expect(_ set: [UInt8]) -> Bool {
-      guard i < b.count, set.contains(b[i]) else { return false }
-      i += 1
-      return true
-    }
-    guard let year = digits(4), expect([0x2D]), let month = digits(2), expect([0x2D]),
-      let day = digits(2), expect([0x54, 0x74, 0x20]),  // T, t or space
-      let hour = digits(2), expect([0x3A]), let minute = digits(2), expect([0x3A]),
-      let second = digits(2)
-    else { return nil }
-    var fraction = 0.0
-    if i < b.count, b[i] == 0x2E {  // '.'
-      i += 1
-      var scale = 0.1
-      let start = i
-      while i < b.count, b[i] >= 0x30, b[i] <= 0x39 {
-        fraction += Double(b[i] - 0x30) * scale
-        scale /= 10
-        i += 1
-      }
-      guard i > start else { return nil }
-    }
-    var offset = 0
-    if expect([0x5A, 0x7A]) {  // Z or z
-      offset = 0
-    } else if i < b.count, b[i] == 0x2B || b[i] == 0x2D {
-      let sign = b[i] == 0x2D ? -1 : 1
-      i += 1
-      guard let oh = digits(2), expect([0x3A]), let om = digits(2), oh < 24, om < 60 else {
-        return nil
-      }
-      offset = sign * (oh * 3600 + om * 60)
-    } else {
-      return nil
-    }
-    guard i == b.count, (1...12).contains(month), (1...31).contains(day), hour < 24, minute < 60,
-      second < 61
-    else { return nil }
-    var parts = tm()
-    // A leap second (:60) is held as :59 so timegm does not roll it into the next minute.
-    let clampedSecond = min(second, 59)
-    parts.tm_year = Int32(year - 1900)
-    parts.tm_mon = Int32(month - 1)
-    parts.tm_mday = Int32(day)
-    parts.tm_hour = Int32(hour)
-    parts.tm_min = Int32(minute)
-    parts.tm_sec = Int32(clampedSecond)
-    let epoch = timegm(&parts)
-    // timegm normalises out-of-range days (Feb 30): reject those.
-    guard parts.tm_mday == Int32(day), parts.tm_mon == Int32(month - 1) else { return nil }
-    return Date(timeIntervalSince1970: Double(epoch) - Double(offset) + fraction)
-  }
 }

@@ -40,11 +40,12 @@ public final class HTTPFetcher: Sendable {
     /// Sends one request. Bodies over ``AnswerParser/maxBodyBytes`` are cut off and
     /// reported as one byte too long, so the parser rejects them.
     public func send(
-        _ method: HTTPMethod = .GET, url: String, headers: [(String, String)] = []
+        _ method: HTTPMethod = .GET, url: String, headers: [(String, String)] = [], body: [UInt8]? = nil
     ) async throws(CredentialError) -> Response {
         var request = HTTPClientRequest(url: url)
         request.method = method
         for (name, value) in headers { request.headers.add(name: name, value: value) }
+        if let body { request.body = .bytes(ByteBuffer(bytes: body)) }
         let where_ = Self.redacted(url)
         do {
             let deadline = NIODeadline.now() + timeouts.connect + timeouts.read
@@ -82,6 +83,9 @@ public final class HTTPFetcher: Sendable {
             }
         }
         if let error = error as? IOError { return error.description }
+        if let error = error as? HTTPParserError, error == .invalidEOFState {
+            return "connection closed before the answer was complete"
+        }
         let text = "\(error)"
         if text.contains("connectTimeout") { return "connect timed out" }
         if text.contains("connectionRefused") || text.contains("Connection refused") { return "connection refused" }

@@ -1,4 +1,6 @@
 import Foundation
+import Logging
+import Synchronization
 
 /// `uri`: GET a credentials URI (SPEC section 3), 5 s connect / 10 s read.
 public struct URIProvider: CredentialProvider {
@@ -34,7 +36,8 @@ public struct EnvironmentProvider: CredentialProvider {
 
     public func fetch() async throws -> Credentials {
         guard isAvailable else {
-            throw CredentialError("ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET must both be set")
+            throw CredentialError(
+                "ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET must both be set")
         }
         return try AnswerParser.validate(
             accessKeyId: environment["ALIBABA_CLOUD_ACCESS_KEY_ID"],
@@ -71,42 +74,111 @@ public struct DemoProvider: CredentialProvider {
     }
 }
 
-/// `auto`: the SDKs' default-chain order, over the sources this build has: environment
-/// variables, then the credentials URI. Each fetch picks again, so a source that appears
-/// later is found; with none, the fetch fails and names what was tried.
-public struct AutoProvider: CredentialProvider {
-    public let name = "auto"
+/// `auto`: the SDKs' default-chain order (SPEC section 3): environment variables, OIDC
+/// (when its three variables are set), the ECS metadata service (unless
+/// `ALIBABA_CLOUD_ECS_METADATA_DISABLED=true`), then the credentials URI (when set).
+///
+/// `env` and OIDC are chosen by their variables alone. The metadata service is probed by
+/// a real fetch that gives up as soon as the token request gets no HTTP answer at all, so
+/// off ECS the probe costs one connect timeout (1 s; a service that accepts and never
+/// answers, 1 s more); a failed probe moves on to the URI. The first source that delivers
+/// is kept for the life of the provider, as the SDKs keep theirs, and `name` becomes
+/// `auto:<source>` so the log and `status` say which it is. Until one delivers, each fetch
+/// walks the chain again, and the error names what was tried.
+public final class AutoProvider: CredentialProvider {
     let environment: [String: String]
-    let http: HTTPFetcher
+    let ecs: EcsMetadataProvider?
+    let oidc: OIDCProvider?
+    let uri: URIProvider?
+    let logger: Logger
+    let chosen = Mutex<(any CredentialProvider)?>(nil)
+
+    public var name: String { chosen.withLock { $0.map { "auto:" + $0.name } } ?? "auto" }
 
     public init(
         environment: [String: String] = ProcessInfo.processInfo.environment,
-        http: HTTPFetcher = HTTPFetcher(timeouts: .standard)
+        imdsEndpoint: String = "http://100.100.100.200", role: String? = nil,
+        stsEndpoint: String? = nil,
+        http: HTTPFetcher = HTTPFetcher(timeouts: .standard),
+        metadataHTTP: HTTPFetcher = HTTPFetcher(timeouts: .metadata),
+        logger: Logger = Logger(label: "credfs.auto")
     ) {
         self.environment = environment
-        self.http = http
+        self.logger = logger
+        let endpoint = STSEndpoint.resolve(flag: stsEndpoint, environment: environment)
+        oidc = OIDCProvider.fromEnvironment(environment, endpoint: endpoint, http: http)
+        if environment["ALIBABA_CLOUD_ECS_METADATA_DISABLED"]?.lowercased() == "true" {
+            ecs = nil
+        } else {
+            ecs = EcsMetadataProvider(
+                endpoint: imdsEndpoint, role: role ?? EcsMetadataProvider.environmentRole(environment),
+                imdsV1Disabled: EcsMetadataProvider.v1Disabled(environment), http: metadataHTTP)
+        }
+        if let url = environment["ALIBABA_CLOUD_CREDENTIALS_URI"], !url.isEmpty {
+            uri = URIProvider(url: url, http: http)
+        } else {
+            uri = nil
+        }
     }
 
-    /// The source the chain picks now, or nil with what was tried.
-    public func choose() -> (any CredentialProvider)? {
-        let env = EnvironmentProvider(environment: environment)
-        if env.isAvailable { return env }
-        if let uri = environment["ALIBABA_CLOUD_CREDENTIALS_URI"], !uri.isEmpty {
-            return URIProvider(url: uri, http: http)
-        }
-        return nil
-    }
+    /// The source kept after the first success, if any.
+    public var choice: (any CredentialProvider)? { chosen.withLock { $0 } }
 
     public func fetch() async throws -> Credentials {
-        guard let chosen = choose() else {
-            throw CredentialError(
-                "no credential source found: tried env (ALIBABA_CLOUD_ACCESS_KEY_ID unset), uri (ALIBABA_CLOUD_CREDENTIALS_URI unset)"
-            )
+        if let kept = choice { return try await attempt(kept) }
+        let env = EnvironmentProvider(environment: environment)
+        if env.isAvailable { return try await choose(env) }
+        if let oidc { return try await choose(oidc) }
+        var tried = [
+            "env (ALIBABA_CLOUD_ACCESS_KEY_ID unset)",
+            "oidc-role-arn (ALIBABA_CLOUD_ROLE_ARN, ALIBABA_CLOUD_OIDC_PROVIDER_ARN, ALIBABA_CLOUD_OIDC_TOKEN_FILE not all set)",
+        ]
+        if let ecs {
+            do {
+                let credentials = try await ecs.fetch(probing: true)
+                keep(ecs)
+                return credentials
+            } catch {
+                tried.append("ecs-ram-role (\(error.message))")
+            }
+        } else {
+            tried.append("ecs-ram-role (ALIBABA_CLOUD_ECS_METADATA_DISABLED=true)")
         }
+        if let uri {
+            do {
+                let credentials = try await uri.fetch()
+                keep(uri)
+                return credentials
+            } catch let error as CredentialError {
+                tried.append("uri (\(error.message))")
+            }
+        } else {
+            tried.append("uri (ALIBABA_CLOUD_CREDENTIALS_URI unset)")
+        }
+        throw CredentialError("no credential source found: tried " + tried.joined(separator: ", "))
+    }
+
+    func choose(_ provider: any CredentialProvider) async throws -> Credentials {
+        keep(provider)
+        return try await attempt(provider)
+    }
+
+    func keep(_ provider: any CredentialProvider) {
+        let first = chosen.withLock { kept -> Bool in
+            guard kept == nil else { return false }
+            kept = provider
+            return true
+        }
+        if first {
+            logger.info("auto chose a credential source", metadata: ["provider": "\(provider.name)"])
+        }
+    }
+
+    func attempt(_ provider: any CredentialProvider) async throws -> Credentials {
         do {
-            return try await chosen.fetch()
+            return try await provider.fetch()
         } catch let error as CredentialError {
-            throw CredentialError("auto chose \(chosen.name): \(error.message)")
+            throw CredentialError("auto chose \(provider.name): \(error.message)")
         }
     }
 }

@@ -4,261 +4,261 @@ import Synchronization
 
 /// A source of credentials: one fetch per call, validated, or a ``CredentialError``.
 public protocol CredentialProvider: Sendable {
-  /// The provider's name as `status` and the log show it (`uri`, `demo`, …).
-  var name: String { get }
-  func fetch() async throws -> Credentials
+    /// The provider's name as `status` and the log show it (`uri`, `demo`, …).
+    var name: String { get }
+    func fetch() async throws -> Credentials
 }
 
 /// Time for the refresher: injectable so tests run on a virtual clock.
 public protocol RefreshClock: Sendable {
-  func now() -> Date
-  func sleep(until deadline: Date) async throws
+    func now() -> Date
+    func sleep(until deadline: Date) async throws
 }
 
 /// The wall clock.
 public struct SystemRefreshClock: RefreshClock {
-  public init() {}
-  public func now() -> Date { Date() }
-  public func sleep(until deadline: Date) async throws {
-    let seconds = deadline.timeIntervalSinceNow
-    if seconds > 0 { try await Task.sleep(for: .seconds(min(seconds, 86_400))) }
-  }
+    public init() {}
+    public func now() -> Date { Date() }
+    public func sleep(until deadline: Date) async throws {
+        let seconds = deadline.timeIntervalSinceNow
+        if seconds > 0 { try await Task.sleep(for: .seconds(min(seconds, 86_400))) }
+    }
 }
 
 /// Drives a ``RefreshMachine`` against a ``CredentialProvider``: one background loop, at
 /// most one upstream request in flight, reads that never touch the network.
 public final class Refresher: Sendable {
-  public let provider: any CredentialProvider
-  let clock: any RefreshClock
-  let random: @Sendable () -> Double
-  let logger: Logger
-  /// Called after each new generation is published, from the refresher's own task (never
-  /// from a reader), so it may notify the kernel.
-  let onPublish: @Sendable (Published) -> Void
-  /// Called when the credentials held expire without a replacement (from the refresh loop).
-  let onExpire: @Sendable () -> Void
-  /// Called after each failed refresh with its error and the count of failures in a row.
-  let onFailure: @Sendable (String, Int) -> Void
+    public let provider: any CredentialProvider
+    let clock: any RefreshClock
+    let random: @Sendable () -> Double
+    let logger: Logger
+    /// Called after each new generation is published, from the refresher's own task (never
+    /// from a reader), so it may notify the kernel.
+    let onPublish: @Sendable (Published) -> Void
+    /// Called when the credentials held expire without a replacement (from the refresh loop).
+    let onExpire: @Sendable () -> Void
+    /// Called after each failed refresh with its error and the count of failures in a row.
+    let onFailure: @Sendable (String, Int) -> Void
 
-  struct Inner {
-    var machine: RefreshMachine
-    var flight: Task<Void, Never>?
-    var loggedExpiry = false
-  }
-  let inner: Mutex<Inner>
-  let wakeup = Wakeup()
-  let arrivals = Arrivals()
-
-  public init(
-    provider: any CredentialProvider,
-    policy: RefreshPolicy = RefreshPolicy(),
-    clock: any RefreshClock = SystemRefreshClock(),
-    random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) },
-    logger: Logger = Logger(label: "credfs.refresher"),
-    onPublish: @escaping @Sendable (Published) -> Void = { _ in },
-    onExpire: @escaping @Sendable () -> Void = {},
-    onFailure: @escaping @Sendable (String, Int) -> Void = { _, _ in }
-  ) {
-    self.onExpire = onExpire
-    self.onFailure = onFailure
-    self.provider = provider
-    self.clock = clock
-    self.random = random
-    self.logger = logger
-    self.onPublish = onPublish
-    self.inner = Mutex(Inner(machine: RefreshMachine(policy: policy, now: clock.now())))
-  }
-
-  /// The machine as it is now (a copy).
-  public var machine: RefreshMachine { inner.withLock { $0.machine } }
-
-  /// The credentials to serve now; nil while pending or after expiry. Never waits.
-  public func serving() -> Published? {
-    let now = clock.now()
-    return inner.withLock { $0.machine.serving(at: now) }
-  }
-
-  /// Like ``serving()``, but while the very first credentials are still being fetched it
-  /// blocks the calling thread up to `timeout` seconds for them (SPEC section 2 item 6).
-  /// For FUSE worker threads; never call it from an async context.
-  public func waitForServing(timeout: TimeInterval) -> Published? {
-    let deadline = Date(timeIntervalSinceNow: timeout)
-    return arrivals.wait(until: deadline) {
-      let now = clock.now()
-      return inner.withLock { inner in
-        let published = inner.machine.published
-        return (inner.machine.serving(at: now), published != nil)
-      }
+    struct Inner {
+        var machine: RefreshMachine
+        var flight: Task<Void, Never>?
+        var loggedExpiry = false
     }
-  }
+    let inner: Mutex<Inner>
+    let wakeup = Wakeup()
+    let arrivals = Arrivals()
 
-  public func status(mountedAt: Date, version: String) -> StatusSnapshot {
-    let now = clock.now()
-    return inner.withLock {
-      StatusSnapshot(
-        machine: $0.machine, provider: provider.name, mountedAt: mountedAt, version: version,
-        now: now)
+    public init(
+        provider: any CredentialProvider,
+        policy: RefreshPolicy = RefreshPolicy(),
+        clock: any RefreshClock = SystemRefreshClock(),
+        random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) },
+        logger: Logger = Logger(label: "credfs.refresher"),
+        onPublish: @escaping @Sendable (Published) -> Void = { _ in },
+        onExpire: @escaping @Sendable () -> Void = {},
+        onFailure: @escaping @Sendable (String, Int) -> Void = { _, _ in }
+    ) {
+        self.onExpire = onExpire
+        self.onFailure = onFailure
+        self.provider = provider
+        self.clock = clock
+        self.random = random
+        self.logger = logger
+        self.onPublish = onPublish
+        self.inner = Mutex(Inner(machine: RefreshMachine(policy: policy, now: clock.now())))
     }
-  }
 
-  /// Asks the loop to refresh now (SIGHUP). Returns at once.
-  public func requestRefresh() {
-    let now = clock.now()
-    inner.withLock { $0.machine.requestNow(at: now) }
-    wakeup.signal()
-  }
+    /// The machine as it is now (a copy).
+    public var machine: RefreshMachine { inner.withLock { $0.machine } }
 
-  /// Fetches once, or joins the fetch already in flight: concurrent callers share one
-  /// upstream request.
-  public func refresh() async {
-    let flight = inner.withLock { inner -> Task<Void, Never> in
-      if let flight = inner.flight { return flight }
-      let flight = Task { await self.fetchOnce() }
-      inner.flight = flight
-      return flight
+    /// The credentials to serve now; nil while pending or after expiry. Never waits.
+    public func serving() -> Published? {
+        let now = clock.now()
+        return inner.withLock { $0.machine.serving(at: now) }
     }
-    await flight.value
-  }
 
-  /// Runs until cancelled: refreshes whenever the machine says so.
-  public func run() async {
-    while !Task.isCancelled {
-      let now = clock.now()
-      let (next, expiry) = inner.withLock { inner -> (Date, Date?) in
-        let exp = inner.loggedExpiry ? nil : inner.machine.published?.credentials.expiration
-        return (inner.machine.nextRefresh, exp)
-      }
-      if let expiry, now >= expiry {
-        inner.withLock { $0.loggedExpiry = true }
-        logger.error(
-          "credentials expired; credential files now fail with EIO until a refresh succeeds")
-        onExpire()
-        continue
-      }
-      if now >= next {
-        await refresh()
-        continue
-      }
-      let until = min(next, expiry ?? next)
-      await withTaskGroup(of: Void.self) { group in
-        group.addTask { try? await self.clock.sleep(until: until) }
-        group.addTask { await self.wakeup.wait() }
-        await group.next()
-        group.cancelAll()
-      }
+    /// Like ``serving()``, but while the very first credentials are still being fetched it
+    /// blocks the calling thread up to `timeout` seconds for them (SPEC section 2 item 6).
+    /// For FUSE worker threads; never call it from an async context.
+    public func waitForServing(timeout: TimeInterval) -> Published? {
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        return arrivals.wait(until: deadline) {
+            let now = clock.now()
+            return inner.withLock { inner in
+                let published = inner.machine.published
+                return (inner.machine.serving(at: now), published != nil)
+            }
+        }
     }
-  }
 
-  func fetchOnce() async {
-    defer {
-      inner.withLock { $0.flight = nil }
+    public func status(mountedAt: Date, version: String) -> StatusSnapshot {
+        let now = clock.now()
+        return inner.withLock {
+            StatusSnapshot(
+                machine: $0.machine, provider: provider.name, mountedAt: mountedAt, version: version,
+                now: now)
+        }
     }
-    let started = inner.withLock { $0.machine.begin(at: clock.now()) }
-    guard started else { return }
-    let result: Result<Credentials, CredentialError>
-    do {
-      result = .success(try await provider.fetch())
-    } catch let error as CredentialError {
-      result = .failure(error)
-    } catch {
-      result = .failure(CredentialError("\(provider.name): \(type(of: error))"))
+
+    /// Asks the loop to refresh now (SIGHUP). Returns at once.
+    public func requestRefresh() {
+        let now = clock.now()
+        inner.withLock { $0.machine.requestNow(at: now) }
+        wakeup.signal()
     }
-    let now = clock.now()
-    let jitter = random()
-    switch result {
-    case .success(let credentials):
-      let (outcome, published) = inner.withLock { inner in
-        let outcome = inner.machine.succeeded(credentials, at: now, jitter: jitter)
-        if case .rotated = outcome { inner.loggedExpiry = false }
-        return (outcome, inner.machine.published!)
-      }
-      arrivals.broadcast()
-      if case .rotated(let generation) = outcome {
-        onPublish(published)
-        logger.info(
-          "new credentials",
-          metadata: [
-            "generation": "\(generation)", "accessKeyId": "\(credentials.maskedAccessKeyId)",
-            "expiration": "\(credentials.expiration.map(Timestamp.format) ?? "never")",
-            "nextRefresh": "\(Timestamp.format(machine.nextRefresh))",
-          ])
-      } else {
-        logger.info("upstream repeated the credentials held; asking again later")
-      }
-    case .failure(let error):
-      let failures = inner.withLock { inner in
-        inner.machine.failed(error.message, at: now, jitter: jitter)
-        return inner.machine.consecutiveFailures
-      }
-      arrivals.broadcast()
-      onFailure(error.message, failures)
-      logger.warning(
-        "refresh failed",
-        metadata: ["error": "\(error.message)", "consecutiveFailures": "\(failures)"])
+
+    /// Fetches once, or joins the fetch already in flight: concurrent callers share one
+    /// upstream request.
+    public func refresh() async {
+        let flight = inner.withLock { inner -> Task<Void, Never> in
+            if let flight = inner.flight { return flight }
+            let flight = Task { await self.fetchOnce() }
+            inner.flight = flight
+            return flight
+        }
+        await flight.value
     }
-  }
+
+    /// Runs until cancelled: refreshes whenever the machine says so.
+    public func run() async {
+        while !Task.isCancelled {
+            let now = clock.now()
+            let (next, expiry) = inner.withLock { inner -> (Date, Date?) in
+                let exp = inner.loggedExpiry ? nil : inner.machine.published?.credentials.expiration
+                return (inner.machine.nextRefresh, exp)
+            }
+            if let expiry, now >= expiry {
+                inner.withLock { $0.loggedExpiry = true }
+                logger.error(
+                    "credentials expired; credential files now fail with EIO until a refresh succeeds")
+                onExpire()
+                continue
+            }
+            if now >= next {
+                await refresh()
+                continue
+            }
+            let until = min(next, expiry ?? next)
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { try? await self.clock.sleep(until: until) }
+                group.addTask { await self.wakeup.wait() }
+                await group.next()
+                group.cancelAll()
+            }
+        }
+    }
+
+    func fetchOnce() async {
+        defer {
+            inner.withLock { $0.flight = nil }
+        }
+        let started = inner.withLock { $0.machine.begin(at: clock.now()) }
+        guard started else { return }
+        let result: Result<Credentials, CredentialError>
+        do {
+            result = .success(try await provider.fetch())
+        } catch let error as CredentialError {
+            result = .failure(error)
+        } catch {
+            result = .failure(CredentialError("\(provider.name): \(type(of: error))"))
+        }
+        let now = clock.now()
+        let jitter = random()
+        switch result {
+        case .success(let credentials):
+            let (outcome, published) = inner.withLock { inner in
+                let outcome = inner.machine.succeeded(credentials, at: now, jitter: jitter)
+                if case .rotated = outcome { inner.loggedExpiry = false }
+                return (outcome, inner.machine.published!)
+            }
+            arrivals.broadcast()
+            if case .rotated(let generation) = outcome {
+                onPublish(published)
+                logger.info(
+                    "new credentials",
+                    metadata: [
+                        "generation": "\(generation)", "accessKeyId": "\(credentials.maskedAccessKeyId)",
+                        "expiration": "\(credentials.expiration.map(Timestamp.format) ?? "never")",
+                        "nextRefresh": "\(Timestamp.format(machine.nextRefresh))",
+                    ])
+            } else {
+                logger.info("upstream repeated the credentials held; asking again later")
+            }
+        case .failure(let error):
+            let failures = inner.withLock { inner in
+                inner.machine.failed(error.message, at: now, jitter: jitter)
+                return inner.machine.consecutiveFailures
+            }
+            arrivals.broadcast()
+            onFailure(error.message, failures)
+            logger.warning(
+                "refresh failed",
+                metadata: ["error": "\(error.message)", "consecutiveFailures": "\(failures)"])
+        }
+    }
 }
 
 /// A one-slot wake-up signal for the refresh loop.
 final class Wakeup: Sendable {
-  private let state = Mutex<(signaled: Bool, waiter: CheckedContinuation<Void, Never>?)>(
-    (false, nil))
+    private let state = Mutex<(signaled: Bool, waiter: CheckedContinuation<Void, Never>?)>(
+        (false, nil))
 
-  func signal() {
-    let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
-      if let w = s.waiter {
-        s.waiter = nil
-        return w
-      }
-      s.signaled = true
-      return nil
-    }
-    waiter?.resume()
-  }
-
-  /// Returns when signalled (consuming the signal) or when the task is cancelled.
-  func wait() async {
-    await withTaskCancellationHandler {
-      await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-        let now = state.withLock { s -> Bool in
-          if s.signaled || Task.isCancelled {
-            s.signaled = false
-            return true
-          }
-          s.waiter = c
-          return false
+    func signal() {
+        let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            if let w = s.waiter {
+                s.waiter = nil
+                return w
+            }
+            s.signaled = true
+            return nil
         }
-        if now { c.resume() }
-      }
-    } onCancel: {
-      let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
-        defer { s.waiter = nil }
-        return s.waiter
-      }
-      waiter?.resume()
+        waiter?.resume()
     }
-  }
+
+    /// Returns when signalled (consuming the signal) or when the task is cancelled.
+    func wait() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let now = state.withLock { s -> Bool in
+                    if s.signaled || Task.isCancelled {
+                        s.signaled = false
+                        return true
+                    }
+                    s.waiter = c
+                    return false
+                }
+                if now { c.resume() }
+            }
+        } onCancel: {
+            let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
+                defer { s.waiter = nil }
+                return s.waiter
+            }
+            waiter?.resume()
+        }
+    }
 }
 
 /// Lets reader threads block until the first credentials arrive (or a deadline passes).
 final class Arrivals: @unchecked Sendable {
-  private let condition = NSCondition()
+    private let condition = NSCondition()
 
-  func broadcast() {
-    condition.lock()
-    condition.broadcast()
-    condition.unlock()
-  }
-
-  /// Waits until `check` yields a value, until it reports that credentials were already
-  /// published once (then only the current answer counts), or until the deadline.
-  func wait(until deadline: Date, check: () -> (Published?, everPublished: Bool)) -> Published? {
-    condition.lock()
-    defer { condition.unlock() }
-    while true {
-      let (value, everPublished) = check()
-      if value != nil || everPublished { return value }
-      if !condition.wait(until: deadline) { return check().0 }
+    func broadcast() {
+        condition.lock()
+        condition.broadcast()
+        condition.unlock()
     }
-  }
+
+    /// Waits until `check` yields a value, until it reports that credentials were already
+    /// published once (then only the current answer counts), or until the deadline.
+    func wait(until deadline: Date, check: () -> (Published?, everPublished: Bool)) -> Published? {
+        condition.lock()
+        defer { condition.unlock() }
+        while true {
+            let (value, everPublished) = check()
+            if value != nil || everPublished { return value }
+            if !condition.wait(until: deadline) { return check().0 }
+        }
+    }
 }

@@ -2,135 +2,135 @@ import Foundation
 
 /// Pure functions from credentials (or a status snapshot) to the exact bytes of each view.
 public enum Render {
-  /// The PAI `credentials` file: four keys in this order, a tab before each, a newline
-  /// after the closing brace; lines the source did not give are left out.
-  public static func credentialsFile(_ c: Credentials) -> [UInt8] {
-    var lines = [
-      "\t\"AccessKeyId\": \(jsonString(c.accessKeyId))",
-      "\t\"AccessKeySecret\": \(jsonString(c.accessKeySecret))",
-    ]
-    if let token = c.securityToken { lines.append("\t\"SecurityToken\": \(jsonString(token))") }
-    if let exp = c.expiration {
-      lines.append("\t\"Expiration\": \(jsonString(Timestamp.format(exp)))")
+    /// The PAI `credentials` file: four keys in this order, a tab before each, a newline
+    /// after the closing brace; lines the source did not give are left out.
+    public static func credentialsFile(_ c: Credentials) -> [UInt8] {
+        var lines = [
+            "\t\"AccessKeyId\": \(jsonString(c.accessKeyId))",
+            "\t\"AccessKeySecret\": \(jsonString(c.accessKeySecret))",
+        ]
+        if let token = c.securityToken { lines.append("\t\"SecurityToken\": \(jsonString(token))") }
+        if let exp = c.expiration {
+            lines.append("\t\"Expiration\": \(jsonString(Timestamp.format(exp)))")
+        }
+        return Array(("{\n" + lines.joined(separator: ",\n") + "\n}\n").utf8)
     }
-    return Array(("{\n" + lines.joined(separator: ",\n") + "\n}\n").utf8)
-  }
 
-  /// `expiration`: `2024-05-21T10:39:29Z`, no newline; nil when the set never expires.
-  public static func expirationFile(_ c: Credentials) -> [UInt8]? {
-    c.expiration.map { Array(Timestamp.format($0).utf8) }
-  }
-
-  /// A JSON string literal: quotes, backslashes and control characters escaped;
-  /// everything else, non-ASCII included, passes through as UTF-8.
-  public static func jsonString(_ s: String) -> String {
-    var out = "\""
-    for scalar in s.unicodeScalars {
-      switch scalar {
-      case "\"": out += "\\\""
-      case "\\": out += "\\\\"
-      case "\n": out += "\\n"
-      case "\r": out += "\\r"
-      case "\t": out += "\\t"
-      case "\u{08}": out += "\\b"
-      case "\u{0C}": out += "\\f"
-      case _ where scalar.value < 0x20:
-        let hex = String(scalar.value, radix: 16)
-        out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-      default: out.unicodeScalars.append(scalar)
-      }
+    /// `expiration`: `2024-05-21T10:39:29Z`, no newline; nil when the set never expires.
+    public static func expirationFile(_ c: Credentials) -> [UInt8]? {
+        c.expiration.map { Array(Timestamp.format($0).utf8) }
     }
-    return out + "\""
-  }
 
-  /// The `status` view: one JSON object, two-space indented, keys in SPEC order, no secret.
-  public static func statusFile(_ s: StatusSnapshot) -> [UInt8] {
-    func str(_ v: String?) -> String { v.map(jsonString) ?? "null" }
-    func time(_ v: Date?) -> String { str(v.map(Timestamp.format)) }
-    func int(_ v: Int?) -> String { v.map(String.init) ?? "null" }
-    let fields: [(String, String)] = [
-      ("state", str(s.state.rawValue)),
-      ("provider", str(s.provider)),
-      ("generation", int(s.generation)),
-      ("accessKeyId", str(s.maskedAccessKeyId)),
-      ("expiration", time(s.expiration)),
-      ("secondsRemaining", int(s.secondsRemaining)),
-      ("lastRefresh", time(s.lastRefresh)),
-      ("nextRefresh", time(s.nextRefresh)),
-      ("consecutiveFailures", int(s.consecutiveFailures)),
-      ("lastError", str(s.lastError)),
-      ("upstreamRequests", int(s.upstreamRequests)),
-      ("mountedAt", time(s.mountedAt)),
-      ("version", str(s.version)),
-    ]
-    let body = fields.map { "  \(jsonString($0.0)): \($0.1)" }.joined(separator: ",\n")
-    return Array(("{\n" + body + "\n}\n").utf8)
-  }
+    /// A JSON string literal: quotes, backslashes and control characters escaped;
+    /// everything else, non-ASCII included, passes through as UTF-8.
+    public static func jsonString(_ s: String) -> String {
+        var out = "\""
+        for scalar in s.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case "\u{08}": out += "\\b"
+            case "\u{0C}": out += "\\f"
+            case _ where scalar.value < 0x20:
+                let hex = String(scalar.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
+    }
+
+    /// The `status` view: one JSON object, two-space indented, keys in SPEC order, no secret.
+    public static func statusFile(_ s: StatusSnapshot) -> [UInt8] {
+        func str(_ v: String?) -> String { v.map(jsonString) ?? "null" }
+        func time(_ v: Date?) -> String { str(v.map(Timestamp.format)) }
+        func int(_ v: Int?) -> String { v.map(String.init) ?? "null" }
+        let fields: [(String, String)] = [
+            ("state", str(s.state.rawValue)),
+            ("provider", str(s.provider)),
+            ("generation", int(s.generation)),
+            ("accessKeyId", str(s.maskedAccessKeyId)),
+            ("expiration", time(s.expiration)),
+            ("secondsRemaining", int(s.secondsRemaining)),
+            ("lastRefresh", time(s.lastRefresh)),
+            ("nextRefresh", time(s.nextRefresh)),
+            ("consecutiveFailures", int(s.consecutiveFailures)),
+            ("lastError", str(s.lastError)),
+            ("upstreamRequests", int(s.upstreamRequests)),
+            ("mountedAt", time(s.mountedAt)),
+            ("version", str(s.version)),
+        ]
+        let body = fields.map { "  \(jsonString($0.0)): \($0.1)" }.joined(separator: ",\n")
+        return Array(("{\n" + body + "\n}\n").utf8)
+    }
 }
 
 /// The rendered bytes of every credential view of one generation, computed once when the
 /// generation is published so that opens and stats only copy them.
 public struct CredentialViews: Sendable {
-  public let credentials: [UInt8]
-  public let accessKeyId: [UInt8]
-  public let accessKeySecret: [UInt8]
-  public let token: [UInt8]?
-  public let expiration: [UInt8]?
-  public let env: [UInt8]
-  public let configJSON: [UInt8]
+    public let credentials: [UInt8]
+    public let accessKeyId: [UInt8]
+    public let accessKeySecret: [UInt8]
+    public let token: [UInt8]?
+    public let expiration: [UInt8]?
+    public let env: [UInt8]
+    public let configJSON: [UInt8]
 
-  public init(_ c: Credentials, region: String = "cn-hangzhou") {
-    env = Render.envFile(c)
-    configJSON = Render.cliConfig(c, region: region)
-    credentials = Render.credentialsFile(c)
-    accessKeyId = Array(c.accessKeyId.utf8)
-    accessKeySecret = Array(c.accessKeySecret.utf8)
-    token = c.securityToken.map { Array($0.utf8) }
-    expiration = Render.expirationFile(c)
-  }
+    public init(_ c: Credentials, region: String = "cn-hangzhou") {
+        env = Render.envFile(c)
+        configJSON = Render.cliConfig(c, region: region)
+        credentials = Render.credentialsFile(c)
+        accessKeyId = Array(c.accessKeyId.utf8)
+        accessKeySecret = Array(c.accessKeySecret.utf8)
+        token = c.securityToken.map { Array($0.utf8) }
+        expiration = Render.expirationFile(c)
+    }
 }
 
 extension Render {
-  /// `export ALIBABA_CLOUD_…='…'` lines, single-quoted so any value is safe to `source`.
-  public static func envFile(_ c: Credentials) -> [UInt8] {
-    func quoted(_ s: String) -> String {
-      "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'"
+    /// `export ALIBABA_CLOUD_…='…'` lines, single-quoted so any value is safe to `source`.
+    public static func envFile(_ c: Credentials) -> [UInt8] {
+        func quoted(_ s: String) -> String {
+            "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'"
+        }
+        var lines = [
+            "export ALIBABA_CLOUD_ACCESS_KEY_ID=\(quoted(c.accessKeyId))",
+            "export ALIBABA_CLOUD_ACCESS_KEY_SECRET=\(quoted(c.accessKeySecret))",
+        ]
+        if let token = c.securityToken {
+            lines.append("export ALIBABA_CLOUD_SECURITY_TOKEN=\(quoted(token))")
+        }
+        return Array((lines.joined(separator: "\n") + "\n").utf8)
     }
-    var lines = [
-      "export ALIBABA_CLOUD_ACCESS_KEY_ID=\(quoted(c.accessKeyId))",
-      "export ALIBABA_CLOUD_ACCESS_KEY_SECRET=\(quoted(c.accessKeySecret))",
-    ]
-    if let token = c.securityToken {
-      lines.append("export ALIBABA_CLOUD_SECURITY_TOKEN=\(quoted(token))")
+
+    /// An `aliyun` CLI configuration with one profile, `default`: `StsToken` mode, or `AK`
+    /// for a key pair without a token.
+    public static func cliConfig(_ c: Credentials, region: String) -> [UInt8] {
+        var profile = [
+            ("name", "default"),
+            ("mode", c.securityToken == nil ? "AK" : "StsToken"),
+            ("access_key_id", c.accessKeyId),
+            ("access_key_secret", c.accessKeySecret),
+        ]
+        if let token = c.securityToken { profile.append(("sts_token", token)) }
+        profile.append(("region_id", region))
+        let fields = profile.map { "\(jsonString($0.0)):\(jsonString($0.1))" }.joined(separator: ",")
+        return Array(("{\"current\":\"default\",\"profiles\":[{" + fields + "}]}\n").utf8)
     }
-    return Array((lines.joined(separator: "\n") + "\n").utf8)
-  }
 
-  /// An `aliyun` CLI configuration with one profile, `default`: `StsToken` mode, or `AK`
-  /// for a key pair without a token.
-  public static func cliConfig(_ c: Credentials, region: String) -> [UInt8] {
-    var profile = [
-      ("name", "default"),
-      ("mode", c.securityToken == nil ? "AK" : "StsToken"),
-      ("access_key_id", c.accessKeyId),
-      ("access_key_secret", c.accessKeySecret),
-    ]
-    if let token = c.securityToken { profile.append(("sts_token", token)) }
-    profile.append(("region_id", region))
-    let fields = profile.map { "\(jsonString($0.0)):\(jsonString($0.1))" }.joined(separator: ",")
-    return Array(("{\"current\":\"default\",\"profiles\":[{" + fields + "}]}\n").utf8)
-  }
-
-  /// The `aliyun` CLI "External" process answer.
-  public static func processOutput(_ c: Credentials) -> [UInt8] {
-    var fields = [
-      ("mode", c.securityToken == nil ? "AK" : "StsToken"),
-      ("access_key_id", c.accessKeyId),
-      ("access_key_secret", c.accessKeySecret),
-    ]
-    if let token = c.securityToken { fields.append(("sts_token", token)) }
-    if let exp = c.expiration { fields.append(("expiration", Timestamp.format(exp))) }
-    let body = fields.map { "\(jsonString($0.0)):\(jsonString($0.1))" }.joined(separator: ",")
-    return Array(("{" + body + "}\n").utf8)
-  }
+    /// The `aliyun` CLI "External" process answer.
+    public static func processOutput(_ c: Credentials) -> [UInt8] {
+        var fields = [
+            ("mode", c.securityToken == nil ? "AK" : "StsToken"),
+            ("access_key_id", c.accessKeyId),
+            ("access_key_secret", c.accessKeySecret),
+        ]
+        if let token = c.securityToken { fields.append(("sts_token", token)) }
+        if let exp = c.expiration { fields.append(("expiration", Timestamp.format(exp))) }
+        let body = fields.map { "\(jsonString($0.0)):\(jsonString($0.1))" }.joined(separator: ",")
+        return Array(("{" + body + "}\n").utf8)
+    }
 }

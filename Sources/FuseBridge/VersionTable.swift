@@ -3,69 +3,69 @@ import Foundation
 /// The inodes of ``VirtualFile/Caching/versioned`` files: one per (file, version), holding
 /// that version's bytes for as long as the kernel knows the inode (until its last FORGET).
 final class VersionTable: @unchecked Sendable {
-  final class Node {
-    let inode: UInt64
-    let fileIndex: Int
-    let version: UInt64
-    let bytes: [UInt8]
-    let mtime: Date
-    var lookups: UInt64 = 0
+    final class Node {
+        let inode: UInt64
+        let fileIndex: Int
+        let version: UInt64
+        let bytes: [UInt8]
+        let mtime: Date
+        var lookups: UInt64 = 0
 
-    init(inode: UInt64, fileIndex: Int, version: UInt64, bytes: [UInt8], mtime: Date) {
-      self.inode = inode
-      self.fileIndex = fileIndex
-      self.version = version
-      self.bytes = bytes
-      self.mtime = mtime
+        init(inode: UInt64, fileIndex: Int, version: UInt64, bytes: [UInt8], mtime: Date) {
+            self.inode = inode
+            self.fileIndex = fileIndex
+            self.version = version
+            self.bytes = bytes
+            self.mtime = mtime
+        }
     }
-  }
 
-  private struct Key: Hashable {
-    let fileIndex: Int
-    let version: UInt64
-  }
-
-  private let lock = NSLock()
-  private var byInode: [UInt64: Node] = [:]
-  private var byKey: [Key: UInt64] = [:]
-  private var nextInode = VirtualDirectory.firstVersionedInode
-
-  /// The node for this version of the file, created if new, with one more lookup counted
-  /// (the caller is about to hand it to the kernel in a lookup reply).
-  func lookUp(fileIndex: Int, version: UInt64, bytes: [UInt8], mtime: Date) -> Node {
-    lock.withLock {
-      let key = Key(fileIndex: fileIndex, version: version)
-      let node: Node
-      if let inode = byKey[key], let existing = byInode[inode] {
-        node = existing
-      } else {
-        node = Node(
-          inode: nextInode, fileIndex: fileIndex, version: version, bytes: bytes, mtime: mtime)
-        nextInode += 1
-        byInode[node.inode] = node
-        byKey[key] = node.inode
-      }
-      node.lookups += 1
-      return node
+    private struct Key: Hashable {
+        let fileIndex: Int
+        let version: UInt64
     }
-  }
 
-  func node(_ inode: UInt64) -> Node? {
-    lock.withLock { byInode[inode] }
-  }
+    private let lock = NSLock()
+    private var byInode: [UInt64: Node] = [:]
+    private var byKey: [Key: UInt64] = [:]
+    private var nextInode = VirtualDirectory.firstVersionedInode
 
-  /// The kernel dropped `count` references; a node it no longer knows is freed.
-  func forget(_ inode: UInt64, count: UInt64) {
-    lock.withLock {
-      guard let node = byInode[inode] else { return }
-      node.lookups = node.lookups > count ? node.lookups - count : 0
-      if node.lookups == 0 {
-        byInode[inode] = nil
-        byKey[Key(fileIndex: node.fileIndex, version: node.version)] = nil
-      }
+    /// The node for this version of the file, created if new, with one more lookup counted
+    /// (the caller is about to hand it to the kernel in a lookup reply).
+    func lookUp(fileIndex: Int, version: UInt64, bytes: [UInt8], mtime: Date) -> Node {
+        lock.withLock {
+            let key = Key(fileIndex: fileIndex, version: version)
+            let node: Node
+            if let inode = byKey[key], let existing = byInode[inode] {
+                node = existing
+            } else {
+                node = Node(
+                    inode: nextInode, fileIndex: fileIndex, version: version, bytes: bytes, mtime: mtime)
+                nextInode += 1
+                byInode[node.inode] = node
+                byKey[key] = node.inode
+            }
+            node.lookups += 1
+            return node
+        }
     }
-  }
 
-  /// How many versioned inodes the kernel holds now.
-  var count: Int { lock.withLock { byInode.count } }
+    func node(_ inode: UInt64) -> Node? {
+        lock.withLock { byInode[inode] }
+    }
+
+    /// The kernel dropped `count` references; a node it no longer knows is freed.
+    func forget(_ inode: UInt64, count: UInt64) {
+        lock.withLock {
+            guard let node = byInode[inode] else { return }
+            node.lookups = node.lookups > count ? node.lookups - count : 0
+            if node.lookups == 0 {
+                byInode[inode] = nil
+                byKey[Key(fileIndex: node.fileIndex, version: node.version)] = nil
+            }
+        }
+    }
+
+    /// How many versioned inodes the kernel holds now.
+    var count: Int { lock.withLock { byInode.count } }
 }

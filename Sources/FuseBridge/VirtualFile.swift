@@ -2,91 +2,91 @@ import Foundation
 
 /// Who issued a FUSE request.
 public struct Caller: Sendable, Equatable {
-  public var pid: pid_t
-  public var uid: uid_t
-  public var gid: gid_t
+    public var pid: pid_t
+    public var uid: uid_t
+    public var gid: gid_t
 }
 
 /// One read-only file in a ``VirtualDirectory``. Its bytes come from closures, so the
 /// bridge never knows what they mean.
 public struct VirtualFile: Sendable {
-  /// What a file holds at one instant.
-  public enum Content: Sendable {
-    /// `version` identifies the bytes for ``Caching/versioned`` files: one version of a
-    /// file always holds the same bytes. 0 means unversioned.
-    case bytes([UInt8], mtime: Date, version: UInt64 = 0)
-    /// The name does not exist right now (ENOENT).
-    case absent
-    /// Opening fails with this errno (EIO, say).
-    case failure(Int32)
-  }
+    /// What a file holds at one instant.
+    public enum Content: Sendable {
+        /// `version` identifies the bytes for ``Caching/versioned`` files: one version of a
+        /// file always holds the same bytes. 0 means unversioned.
+        case bytes([UInt8], mtime: Date, version: UInt64 = 0)
+        /// The name does not exist right now (ENOENT).
+        case absent
+        /// Opening fails with this errno (EIO, say).
+        case failure(Int32)
+    }
 
-  /// How the kernel may cache a file.
-  public enum Caching: Sendable {
-    /// Every open snapshots the bytes and reads them with `direct_io`; the kernel caches
-    /// nothing. For content that depends on the reader or changes at any moment.
-    case perOpen
-    /// Every version of the bytes gets an inode of its own that never changes, so the
-    /// kernel may keep its pages and attributes; when the version changes the name is
-    /// invalidated and the next lookup finds the new inode. An open costs one round
-    /// trip. Content without a version (0) is served as ``perOpen``.
-    case versioned
-  }
+    /// How the kernel may cache a file.
+    public enum Caching: Sendable {
+        /// Every open snapshots the bytes and reads them with `direct_io`; the kernel caches
+        /// nothing. For content that depends on the reader or changes at any moment.
+        case perOpen
+        /// Every version of the bytes gets an inode of its own that never changes, so the
+        /// kernel may keep its pages and attributes; when the version changes the name is
+        /// invalidated and the next lookup finds the new inode. An open costs one round
+        /// trip. Content without a version (0) is served as ``perOpen``.
+        case versioned
+    }
 
-  public let name: String
-  public let caching: Caching
-  /// Permission bits (`0o400`).
-  public let permissions: mode_t
-  public let uid: uid_t
-  public let gid: gid_t
-  /// The content for lookups, `stat` and listings. Must not block.
-  public let peek: @Sendable () -> Content
-  /// The content one open snapshots for its whole life. May block (briefly).
-  public let open: @Sendable (Caller) -> Content
+    public let name: String
+    public let caching: Caching
+    /// Permission bits (`0o400`).
+    public let permissions: mode_t
+    public let uid: uid_t
+    public let gid: gid_t
+    /// The content for lookups, `stat` and listings. Must not block.
+    public let peek: @Sendable () -> Content
+    /// The content one open snapshots for its whole life. May block (briefly).
+    public let open: @Sendable (Caller) -> Content
 
-  public init(
-    name: String, permissions: mode_t, uid: uid_t = getuid(), gid: gid_t = getgid(),
-    caching: Caching = .perOpen,
-    peek: @escaping @Sendable () -> Content, open: @escaping @Sendable (Caller) -> Content
-  ) {
-    self.name = name
-    self.caching = caching
-    self.permissions = permissions
-    self.uid = uid
-    self.gid = gid
-    self.peek = peek
-    self.open = open
-  }
+    public init(
+        name: String, permissions: mode_t, uid: uid_t = getuid(), gid: gid_t = getgid(),
+        caching: Caching = .perOpen,
+        peek: @escaping @Sendable () -> Content, open: @escaping @Sendable (Caller) -> Content
+    ) {
+        self.name = name
+        self.caching = caching
+        self.permissions = permissions
+        self.uid = uid
+        self.gid = gid
+        self.peek = peek
+        self.open = open
+    }
 }
 
 /// The whole tree: one directory (the mount root) of virtual files.
 public struct VirtualDirectory: Sendable {
-  public let files: [VirtualFile]
-  public let permissions: mode_t
-  public let uid: uid_t
-  public let gid: gid_t
-  /// The directory's `st_mtime` (the mount's start, say).
-  public let mtime: Date
+    public let files: [VirtualFile]
+    public let permissions: mode_t
+    public let uid: uid_t
+    public let gid: gid_t
+    /// The directory's `st_mtime` (the mount's start, say).
+    public let mtime: Date
 
-  public init(
-    files: [VirtualFile], permissions: mode_t = 0o555, uid: uid_t = getuid(), gid: gid_t = getgid(),
-    mtime: Date = Date()
-  ) {
-    self.files = files
-    self.mtime = mtime
-    self.permissions = permissions
-    self.uid = uid
-    self.gid = gid
-  }
+    public init(
+        files: [VirtualFile], permissions: mode_t = 0o555, uid: uid_t = getuid(), gid: gid_t = getgid(),
+        mtime: Date = Date()
+    ) {
+        self.files = files
+        self.mtime = mtime
+        self.permissions = permissions
+        self.uid = uid
+        self.gid = gid
+    }
 
-  /// Inode numbers: 1 is the root, files follow in order from 2 (their unversioned
-  /// inodes); versioned inodes are numbered from ``firstVersionedInode``.
-  static let rootInode: UInt64 = 1
-  static let firstVersionedInode: UInt64 = 1 << 20
-  func inode(of index: Int) -> UInt64 { UInt64(index) + 2 }
-  func file(at inode: UInt64) -> VirtualFile? {
-    guard inode >= 2, inode - 2 < UInt64(files.count) else { return nil }
-    return files[Int(inode - 2)]
-  }
-  func index(named name: String) -> Int? { files.firstIndex { $0.name == name } }
+    /// Inode numbers: 1 is the root, files follow in order from 2 (their unversioned
+    /// inodes); versioned inodes are numbered from ``firstVersionedInode``.
+    static let rootInode: UInt64 = 1
+    static let firstVersionedInode: UInt64 = 1 << 20
+    func inode(of index: Int) -> UInt64 { UInt64(index) + 2 }
+    func file(at inode: UInt64) -> VirtualFile? {
+        guard inode >= 2, inode - 2 < UInt64(files.count) else { return nil }
+        return files[Int(inode - 2)]
+    }
+    func index(named name: String) -> Int? { files.firstIndex { $0.name == name } }
 }

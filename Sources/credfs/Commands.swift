@@ -4,89 +4,89 @@ import Foundation
 import FuseBridge
 
 struct Unmount: AsyncParsableCommand {
-  static let configuration = CommandConfiguration(
-    abstract: "Unmount credfs; its daemon then exits.")
+    static let configuration = CommandConfiguration(
+        abstract: "Unmount credfs; its daemon then exits.")
 
-  @Argument(help: "The mount point.")
-  var mountpoint: String = "/mnt/.alibabacloud"
+    @Argument(help: "The mount point.")
+    var mountpoint: String = "/mnt/.alibabacloud"
 
-  func run() async throws {
-    let path = URL(fileURLWithPath: mountpoint).standardizedFileURL.path
-    guard MountPoint.mountType(at: path) == "fuse.credfs" else {
-      throw Failure(message: "no credfs mount at \(path)")
+    func run() async throws {
+        let path = URL(fileURLWithPath: mountpoint).standardizedFileURL.path
+        guard MountPoint.mountType(at: path) == "fuse.credfs" else {
+            throw Failure(message: "no credfs mount at \(path)")
+        }
+        guard FuseFileSystem.detach(path) else {
+            throw Failure(message: "cannot unmount \(path): \(MountPoint.describe(errno))")
+        }
     }
-    guard FuseFileSystem.detach(path) else {
-      throw Failure(message: "cannot unmount \(path): \(MountPoint.describe(errno))")
-    }
-  }
 }
 
 struct Status: AsyncParsableCommand {
-  static let configuration = CommandConfiguration(
-    abstract: "Print the status of a mount; exit 0 when it is fresh or refreshing, 1 otherwise.")
+    static let configuration = CommandConfiguration(
+        abstract: "Print the status of a mount; exit 0 when it is fresh or refreshing, 1 otherwise.")
 
-  @Argument(help: "The mount point.")
-  var mountpoint: String = "/mnt/.alibabacloud"
+    @Argument(help: "The mount point.")
+    var mountpoint: String = "/mnt/.alibabacloud"
 
-  func run() async throws {
-    let path = URL(fileURLWithPath: mountpoint).appendingPathComponent("status").path
-    guard let data = FileManager.default.contents(atPath: path) else {
-      throw Failure(message: "cannot read \(path): \(MountPoint.describe(errno))")
+    func run() async throws {
+        let path = URL(fileURLWithPath: mountpoint).appendingPathComponent("status").path
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw Failure(message: "cannot read \(path): \(MountPoint.describe(errno))")
+        }
+        FileHandle.standardOutput.write(data)
+        struct State: Decodable { var state: String }
+        let state = (try? JSONDecoder().decode(State.self, from: data))?.state
+        guard state == "fresh" || state == "refreshing" else { throw ExitCode(1) }
     }
-    FileHandle.standardOutput.write(data)
-    struct State: Decodable { var state: String }
-    let state = (try? JSONDecoder().decode(State.self, from: data))?.state
-    guard state == "fresh" || state == "refreshing" else { throw ExitCode(1) }
-  }
 }
 
 struct Get: AsyncParsableCommand {
-  static let configuration = CommandConfiguration(
-    abstract: "Fetch credentials once and print them (no mount).")
+    static let configuration = CommandConfiguration(
+        abstract: "Fetch credentials once and print them (no mount).")
 
-  enum Field: String, ExpressibleByArgument, CaseIterable {
-    case credentials
-    case accessKeyId = "access_key_id"
-    case accessKeySecret = "access_key_secret"
-    case token, expiration
-  }
-
-  enum Format: String, ExpressibleByArgument, CaseIterable {
-    case json, env, process
-  }
-
-  @OptionGroup var source: ProviderOptions
-
-  @Option(help: "Print one field: \(Field.allCases.map(\.rawValue).joined(separator: ", ")).")
-  var field: Field?
-
-  @Option(
-    help: "json (the credentials file), env (shell exports) or process (aliyun CLI External).")
-  var format: Format = .json
-
-  func run() async throws {
-    let credentials: Credentials
-    do {
-      credentials = try await source.makeProvider().fetch()
-    } catch {
-      throw Failure(message: "\(error)")
+    enum Field: String, ExpressibleByArgument, CaseIterable {
+        case credentials
+        case accessKeyId = "access_key_id"
+        case accessKeySecret = "access_key_secret"
+        case token, expiration
     }
-    let views = CredentialViews(credentials)
-    let bytes: [UInt8]?
-    switch field {
-    case .credentials: bytes = views.credentials
-    case .accessKeyId: bytes = views.accessKeyId
-    case .accessKeySecret: bytes = views.accessKeySecret
-    case .token: bytes = views.token
-    case .expiration: bytes = views.expiration
-    case nil:
-      switch format {
-      case .json: bytes = views.credentials
-      case .env: bytes = Render.envFile(credentials)
-      case .process: bytes = Render.processOutput(credentials)
-      }
+
+    enum Format: String, ExpressibleByArgument, CaseIterable {
+        case json, env, process
     }
-    guard let bytes else { throw Failure(message: "the credentials have no \(field!.rawValue)") }
-    FileHandle.standardOutput.write(Data(bytes))
-  }
+
+    @OptionGroup var source: ProviderOptions
+
+    @Option(help: "Print one field: \(Field.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var field: Field?
+
+    @Option(
+        help: "json (the credentials file), env (shell exports) or process (aliyun CLI External).")
+    var format: Format = .json
+
+    func run() async throws {
+        let credentials: Credentials
+        do {
+            credentials = try await source.makeProvider().fetch()
+        } catch {
+            throw Failure(message: "\(error)")
+        }
+        let views = CredentialViews(credentials)
+        let bytes: [UInt8]?
+        switch field {
+        case .credentials: bytes = views.credentials
+        case .accessKeyId: bytes = views.accessKeyId
+        case .accessKeySecret: bytes = views.accessKeySecret
+        case .token: bytes = views.token
+        case .expiration: bytes = views.expiration
+        case nil:
+            switch format {
+            case .json: bytes = views.credentials
+            case .env: bytes = Render.envFile(credentials)
+            case .process: bytes = Render.processOutput(credentials)
+            }
+        }
+        guard let bytes else { throw Failure(message: "the credentials have no \(field!.rawValue)") }
+        FileHandle.standardOutput.write(Data(bytes))
+    }
 }

@@ -5,66 +5,66 @@ import Foundation
 /// main-actor isolated, and libfuse's threads must never call into it.
 @main
 enum Entry {
-  static func main() async {
-    signal(SIGPIPE, SIG_IGN)
-    var arguments = Array(CommandLine.arguments.dropFirst())
-    if FstabArguments.applies(to: CommandLine.arguments) {
-      switch FstabArguments.translate(CommandLine.arguments) {
-      case .success(let translated): arguments = translated
-      case .failure(let failure):
-        FileHandle.standardError.write(Data("credfs: \(failure.message)\n".utf8))
-        exit(64)
-      }
-    }
-    Invocation.arguments = arguments
-    do {
-      var command = try Credfs.parseAsRoot(arguments)
-      if var command = command as? AsyncParsableCommand {
-        try await command.run()
-      } else {
-        try command.run()
-      }
-      exit(0)
-    } catch {
-      let code = Credfs.exitCode(for: error)
-      if code == .success {
-        // --help and --version
-        print(Credfs.fullMessage(for: error))
-        exit(0)
-      }
-      if let failure = error as? Failure {
-        if !failure.reported {
-          FileHandle.standardError.write(Data("credfs: \(failure.message)\n".utf8))
+    static func main() async {
+        signal(SIGPIPE, SIG_IGN)
+        var arguments = Array(CommandLine.arguments.dropFirst())
+        if FstabArguments.applies(to: CommandLine.arguments) {
+            switch FstabArguments.translate(CommandLine.arguments) {
+            case .success(let translated): arguments = translated
+            case .failure(let failure):
+                FileHandle.standardError.write(Data("credfs: \(failure.message)\n".utf8))
+                exit(64)
+            }
         }
-        exit(failure.code)
-      }
-      let message = Credfs.message(for: error).split(whereSeparator: \.isNewline).first.map(
-        String.init)
-      FileHandle.standardError.write(Data("credfs: \(message ?? "error")\n".utf8))
-      exit(code.rawValue)
+        Invocation.arguments = arguments
+        do {
+            var command = try Credfs.parseAsRoot(arguments)
+            if var command = command as? AsyncParsableCommand {
+                try await command.run()
+            } else {
+                try command.run()
+            }
+            exit(0)
+        } catch {
+            let code = Credfs.exitCode(for: error)
+            if code == .success {
+                // --help and --version
+                print(Credfs.fullMessage(for: error))
+                exit(0)
+            }
+            if let failure = error as? Failure {
+                if !failure.reported {
+                    FileHandle.standardError.write(Data("credfs: \(failure.message)\n".utf8))
+                }
+                exit(failure.code)
+            }
+            let message = Credfs.message(for: error).split(whereSeparator: \.isNewline).first.map(
+                String.init)
+            FileHandle.standardError.write(Data("credfs: \(message ?? "error")\n".utf8))
+            exit(code.rawValue)
+        }
     }
-  }
 }
 
 /// The arguments credfs runs with (after any mount-helper translation).
 enum Invocation {
-  nonisolated(unsafe) static var arguments: [String] = []
+    nonisolated(unsafe) static var arguments: [String] = []
 }
 
 /// A runtime failure: one line on stderr, exit 1 (or the given code).
 struct Failure: Error {
-  var message: String
-  var code: Int32 = 1
-  /// Already passed on (through the readiness pipe): exit without printing it again.
-  var reported = false
+    var message: String
+    var code: Int32 = 1
+    /// Already passed on (through the readiness pipe): exit without printing it again.
+    var reported = false
 }
 
 struct Credfs: AsyncParsableCommand {
-  static let version = "0.1.0"
-  static let configuration = CommandConfiguration(
-    commandName: "credfs",
-    abstract: "Alibaba Cloud STS credentials as read-only files, kept fresh in the background.",
-    version: version,
-    subcommands: [Mount.self, Unmount.self, Status.self, Get.self]
-  )
+    static let version = "0.1.0"
+    static let configuration = CommandConfiguration(
+        commandName: "credfs",
+        abstract: "Alibaba Cloud STS credentials as read-only files, kept fresh in the background.",
+        version: version,
+        subcommands: [Mount.self, Unmount.self, Status.self, Get.self]
+    )
 }

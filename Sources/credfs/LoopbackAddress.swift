@@ -3,26 +3,26 @@ import Foundation
 
 /// `--serve-uri HOST:PORT`: only loopback hosts (127.0.0.0/8, ::1, localhost).
 struct LoopbackAddress: ExpressibleByArgument {
-  var host: String
-  var port: Int
+    var host: String
+    var port: Int
 
-  init?(argument: String) {
-    guard let colon = argument.lastIndex(of: ":") else { return nil }
-    var host = String(argument[..<colon])
-    if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-    guard let port = Int(argument[argument.index(after: colon)...]), (0...65535).contains(port)
-    else { return nil }
-    guard Self.isLoopback(host) else { return nil }
-    self.host = host == "localhost" ? "127.0.0.1" : host
-    self.port = port
-  }
+    init?(argument: String) {
+        guard let colon = argument.lastIndex(of: ":") else { return nil }
+        var host = String(argument[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard let port = Int(argument[argument.index(after: colon)...]), (0...65535).contains(port)
+        else { return nil }
+        guard Self.isLoopback(host) else { return nil }
+        self.host = host == "localhost" ? "127.0.0.1" : host
+        self.port = port
+    }
 
-  static func isLoopback(_ host: String) -> Bool {
-    if host == "localhost" || host == "::1" { return true }
-    var address = in_addr()
-    guard inet_pton(AF_INET, host, &address) == 1 else { return false }
-    return UInt32(bigEndian: address.s_addr) >> 24 == 127
-  }
+    static func isLoopback(_ host: String) -> Bool {
+        if host == "localhost" || host == "::1" { return true }
+        var address = in_addr()
+        guard inet_pton(AF_INET, host, &address) == 1 else { return false }
+        return UInt32(bigEndian: address.s_addr) >> 24 == 127
+    }
 
-  static var defaultValueDescription: String { "127.0.0.1:PORT" }
+    static var defaultValueDescription: String { "127.0.0.1:PORT" }
 }

@@ -5,164 +5,164 @@ import Testing
 /// and the loopback credentials URI.
 @Suite(.serialized, .timeLimit(.minutes(3)))
 struct ClientViewTests {
-  /// Runs `script` with /bin/sh, returning stdout.
-  func shell(_ script: String, shell: String = "/bin/sh", environment: [String: String]? = nil)
-    throws -> CommandResult
-  {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: shell)
-    process.arguments = ["-c", script]
-    if let environment { process.environment = environment }
-    let dir = try TempDir()
-    defer { dir.remove() }
-    let out = dir.path + "/out"
-    let err = dir.path + "/err"
-    FileManager.default.createFile(atPath: out, contents: nil)
-    FileManager.default.createFile(atPath: err, contents: nil)
-    process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
-    process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
-    try process.run()
-    process.waitUntilExit()
-    return CommandResult(
-      status: process.terminationStatus,
-      stdout: (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
-      stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
-  }
-
-  @Test func shortLivedProcessGroupsNeverPairFieldsFromTwoGenerations() async throws {
-    // A rotation about every second.
-    let server = FakeCredentialServer(lifetime: 3, rotateOnEachRequest: true)
-    try await server.start()
-    defer { Task { await server.stop() } }
-    let daemon = try Daemon(["--provider", "uri", "--uri", server.url, "--refresh-before", "2"])
-    defer { daemon.stop() }
-    let first = try daemon.generation()
-
-    // Each run is its own process group (setsid); the pauses make straddling a
-    // rotation likely, so mixing would show if pinning did not hold.
-    let runs = 150
-    let m = daemon.mountpoint
-    let script = """
-      for i in $(seq \(runs)); do
-        setsid sh -c 'cat \(m)/access_key_id; echo; sleep 0.02; cat \(m)/access_key_secret; echo; sleep 0.02; cat \(m)/token; echo'
-      done
-      """
-    let result = try shell(script)
-    #expect(result.status == 0, "\(result.stderr)")
-    let lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(
-      String.init)
-    var triples = 0
-    var mixed = 0
-    var generations = Set<Int>()
-    var index = 0
-    while index + 2 < lines.count {
-      let gs = lines[index..<index + 3].map(FakeCredentialServer.generation(of:))
-      if let g = gs[0], gs.allSatisfy({ $0 == g }) { generations.insert(g) } else { mixed += 1 }
-      triples += 1
-      index += 3
+    /// Runs `script` with /bin/sh, returning stdout.
+    func shell(_ script: String, shell: String = "/bin/sh", environment: [String: String]? = nil)
+        throws -> CommandResult
+    {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: shell)
+        process.arguments = ["-c", script]
+        if let environment { process.environment = environment }
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let out = dir.path + "/out"
+        let err = dir.path + "/err"
+        FileManager.default.createFile(atPath: out, contents: nil)
+        FileManager.default.createFile(atPath: err, contents: nil)
+        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
+        try process.run()
+        process.waitUntilExit()
+        return CommandResult(
+            status: process.terminationStatus,
+            stdout: (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
+            stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
     }
-    let rotations = try daemon.generation() - first
-    #expect(triples == runs)
-    #expect(mixed == 0, "\(mixed) of \(triples) runs paired fields from two generations")
-    #expect(rotations >= 3, "only \(rotations) rotations during the runs")
-    #expect(generations.count >= 3)
-    print("pinning: \(runs) process groups, \(rotations) rotations, \(mixed) mixed")
-  }
 
-  @Test func oneGroupKeepsItsGenerationAcrossARotationWhileOthersMoveOn() async throws {
-    let server = FakeCredentialServer()
-    try await server.start()
-    defer { Task { await server.stop() } }
-    let daemon = try Daemon(["--provider", "uri", "--uri", server.url])
-    defer { daemon.stop() }
-    // This test process is one process group: its first field read pins it.
-    #expect(daemon.read("access_key_id").text == FakeCredentialServer.accessKeyId(1))
-    server.rotate()
-    daemon.signal(SIGHUP)
-    try waitUntil("generation 2") { try daemon.generation() == 2 }
-    // Same group, within 10 s: still generation 1, for every field.
-    #expect(daemon.read("access_key_secret").text == FakeCredentialServer.secret(1))
-    #expect(daemon.read("token").text == FakeCredentialServer.token(1))
-    // The single-read views are never pinned.
-    #expect(daemon.read("credentials").text?.contains(FakeCredentialServer.secret(2)) == true)
-    // Another process group reads generation 2.
-    let other = try shell("setsid cat \(daemon.path("token"))")
-    #expect(other.stdout == FakeCredentialServer.token(2))
-  }
+    @Test func shortLivedProcessGroupsNeverPairFieldsFromTwoGenerations() async throws {
+        // A rotation about every second.
+        let server = FakeCredentialServer(lifetime: 3, rotateOnEachRequest: true)
+        try await server.start()
+        defer { Task { await server.stop() } }
+        let daemon = try Daemon(["--provider", "uri", "--uri", server.url, "--refresh-before", "2"])
+        defer { daemon.stop() }
+        let first = try daemon.generation()
 
-  @Test(arguments: ["/bin/sh", "/bin/bash"])
-  func sourcingEnvYieldsTheExactValues(shellPath: String) async throws {
-    let secret = #"it's a "secret" with $HOME, `ticks`, \ and  spaces"#
-    let token = "tok'en' ''"
-    var environment = ProcessInfo.processInfo.environment
-    environment["ALIBABA_CLOUD_ACCESS_KEY_ID"] = "LTAI5t-id with space"
-    environment["ALIBABA_CLOUD_ACCESS_KEY_SECRET"] = secret
-    environment["ALIBABA_CLOUD_SECURITY_TOKEN"] = token
-    let daemon = try Daemon(["--provider", "env"], environment: environment)
-    defer { daemon.stop() }
-    let clean = ["PATH": "/usr/bin:/bin"]
-    let result = try shell(
-      #". \#(daemon.path("env")); printf '%s\n%s\n%s' "$ALIBABA_CLOUD_ACCESS_KEY_ID" "$ALIBABA_CLOUD_ACCESS_KEY_SECRET" "$ALIBABA_CLOUD_SECURITY_TOKEN""#,
-      shell: shellPath, environment: clean)
-    #expect(result.status == 0, "\(result.stderr)")
-    #expect(result.stdout == "LTAI5t-id with space\n\(secret)\n\(token)")
-  }
+        // Each run is its own process group (setsid); the pauses make straddling a
+        // rotation likely, so mixing would show if pinning did not hold.
+        let runs = 150
+        let m = daemon.mountpoint
+        let script = """
+            for i in $(seq \(runs)); do
+              setsid sh -c 'cat \(m)/access_key_id; echo; sleep 0.02; cat \(m)/access_key_secret; echo; sleep 0.02; cat \(m)/token; echo'
+            done
+            """
+        let result = try shell(script)
+        #expect(result.status == 0, "\(result.stderr)")
+        let lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(
+            String.init)
+        var triples = 0
+        var mixed = 0
+        var generations = Set<Int>()
+        var index = 0
+        while index + 2 < lines.count {
+            let gs = lines[index..<index + 3].map(FakeCredentialServer.generation(of:))
+            if let g = gs[0], gs.allSatisfy({ $0 == g }) { generations.insert(g) } else { mixed += 1 }
+            triples += 1
+            index += 3
+        }
+        let rotations = try daemon.generation() - first
+        #expect(triples == runs)
+        #expect(mixed == 0, "\(mixed) of \(triples) runs paired fields from two generations")
+        #expect(rotations >= 3, "only \(rotations) rotations during the runs")
+        #expect(generations.count >= 3)
+        print("pinning: \(runs) process groups, \(rotations) rotations, \(mixed) mixed")
+    }
 
-  @Test func configJSONIsAnAliyunCLIProfile() async throws {
-    let server = FakeCredentialServer()
-    try await server.start()
-    defer { Task { await server.stop() } }
-    let daemon = try Daemon(["--provider", "uri", "--uri", server.url, "--region", "cn-shanghai"])
-    defer { daemon.stop() }
-    let bytes = try #require(daemon.read("config.json").bytes)
-    let object = try #require(try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any])
-    #expect(object["current"] as? String == "default")
-    let profiles = try #require(object["profiles"] as? [[String: String]])
-    #expect(
-      profiles == [
-        [
-          "name": "default", "mode": "StsToken",
-          "access_key_id": FakeCredentialServer.accessKeyId(1),
-          "access_key_secret": FakeCredentialServer.secret(1),
-          "sts_token": FakeCredentialServer.token(1),
-          "region_id": "cn-shanghai",
-        ]
-      ])
-    var st = stat()
-    stat(daemon.path("config.json"), &st)
-    #expect(st.st_mode & 0o7777 == 0o400 && Int(st.st_size) == bytes.count)
-  }
+    @Test func oneGroupKeepsItsGenerationAcrossARotationWhileOthersMoveOn() async throws {
+        let server = FakeCredentialServer()
+        try await server.start()
+        defer { Task { await server.stop() } }
+        let daemon = try Daemon(["--provider", "uri", "--uri", server.url])
+        defer { daemon.stop() }
+        // This test process is one process group: its first field read pins it.
+        #expect(daemon.read("access_key_id").text == FakeCredentialServer.accessKeyId(1))
+        server.rotate()
+        daemon.signal(SIGHUP)
+        try waitUntil("generation 2") { try daemon.generation() == 2 }
+        // Same group, within 10 s: still generation 1, for every field.
+        #expect(daemon.read("access_key_secret").text == FakeCredentialServer.secret(1))
+        #expect(daemon.read("token").text == FakeCredentialServer.token(1))
+        // The single-read views are never pinned.
+        #expect(daemon.read("credentials").text?.contains(FakeCredentialServer.secret(2)) == true)
+        // Another process group reads generation 2.
+        let other = try shell("setsid cat \(daemon.path("token"))")
+        #expect(other.stdout == FakeCredentialServer.token(2))
+    }
 
-  @Test func serveURIAnswersFromTheSameCache() async throws {
-    let server = FakeCredentialServer(lifetime: 3600)
-    server.setBehaviour(.status(500))
-    try await server.start()
-    defer { Task { await server.stop() } }
-    let port = 20000 + Int(getpid() % 10000)
-    let daemon = try Daemon([
-      "--provider", "uri", "--uri", server.url, "--serve-uri", "127.0.0.1:\(port)",
-      "--initial-wait", "0",
-    ])
-    defer { daemon.stop() }
-    let url = "http://127.0.0.1:\(port)/"
+    @Test(arguments: ["/bin/sh", "/bin/bash"])
+    func sourcingEnvYieldsTheExactValues(shellPath: String) async throws {
+        let secret = #"it's a "secret" with $HOME, `ticks`, \ and  spaces"#
+        let token = "tok'en' ''"
+        var environment = ProcessInfo.processInfo.environment
+        environment["ALIBABA_CLOUD_ACCESS_KEY_ID"] = "LTAI5t-id with space"
+        environment["ALIBABA_CLOUD_ACCESS_KEY_SECRET"] = secret
+        environment["ALIBABA_CLOUD_SECURITY_TOKEN"] = token
+        let daemon = try Daemon(["--provider", "env"], environment: environment)
+        defer { daemon.stop() }
+        let clean = ["PATH": "/usr/bin:/bin"]
+        let result = try shell(
+            #". \#(daemon.path("env")); printf '%s\n%s\n%s' "$ALIBABA_CLOUD_ACCESS_KEY_ID" "$ALIBABA_CLOUD_ACCESS_KEY_SECRET" "$ALIBABA_CLOUD_SECURITY_TOKEN""#,
+            shell: shellPath, environment: clean)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout == "LTAI5t-id with space\n\(secret)\n\(token)")
+    }
 
-    let unavailable = try shell("curl -s -w '\\n%{http_code}' \(url)")
-    #expect(unavailable.stdout.hasSuffix("\n503"), "\(unavailable.stdout)")
-    #expect(unavailable.stdout.contains(#""Code":"CredentialsUnavailable""#))
+    @Test func configJSONIsAnAliyunCLIProfile() async throws {
+        let server = FakeCredentialServer()
+        try await server.start()
+        defer { Task { await server.stop() } }
+        let daemon = try Daemon(["--provider", "uri", "--uri", server.url, "--region", "cn-shanghai"])
+        defer { daemon.stop() }
+        let bytes = try #require(daemon.read("config.json").bytes)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any])
+        #expect(object["current"] as? String == "default")
+        let profiles = try #require(object["profiles"] as? [[String: String]])
+        #expect(
+            profiles == [
+                [
+                    "name": "default", "mode": "StsToken",
+                    "access_key_id": FakeCredentialServer.accessKeyId(1),
+                    "access_key_secret": FakeCredentialServer.secret(1),
+                    "sts_token": FakeCredentialServer.token(1),
+                    "region_id": "cn-shanghai",
+                ]
+            ])
+        var st = stat()
+        stat(daemon.path("config.json"), &st)
+        #expect(st.st_mode & 0o7777 == 0o400 && Int(st.st_size) == bytes.count)
+    }
 
-    server.setBehaviour(.serve)
-    daemon.signal(SIGHUP)
-    try waitUntil("credentials") { daemon.read("expiration").bytes != nil }
-    let expiration = try #require(daemon.read("expiration").text)
-    let answer = try shell("curl -s \(url)")
-    #expect(
-      answer.stdout
-        == #"{"Code":"Success","AccessKeyId":"\#(FakeCredentialServer.accessKeyId(1))","AccessKeySecret":"\#(FakeCredentialServer.secret(1))","SecurityToken":"\#(FakeCredentialServer.token(1))","Expiration":"\#(expiration)"}"#
-        + "\n")
-    let requestsBefore = server.requests
-    for _ in 0..<20 { _ = try shell("curl -s \(url)") }
-    #expect(server.requests == requestsBefore, "URI reads caused upstream requests")
-    let missing = try shell("curl -s -o /dev/null -w '%{http_code}' \(url)nope")
-    #expect(missing.stdout == "404")
-  }
+    @Test func serveURIAnswersFromTheSameCache() async throws {
+        let server = FakeCredentialServer(lifetime: 3600)
+        server.setBehaviour(.status(500))
+        try await server.start()
+        defer { Task { await server.stop() } }
+        let port = 20000 + Int(getpid() % 10000)
+        let daemon = try Daemon([
+            "--provider", "uri", "--uri", server.url, "--serve-uri", "127.0.0.1:\(port)",
+            "--initial-wait", "0",
+        ])
+        defer { daemon.stop() }
+        let url = "http://127.0.0.1:\(port)/"
+
+        let unavailable = try shell("curl -s -w '\\n%{http_code}' \(url)")
+        #expect(unavailable.stdout.hasSuffix("\n503"), "\(unavailable.stdout)")
+        #expect(unavailable.stdout.contains(#""Code":"CredentialsUnavailable""#))
+
+        server.setBehaviour(.serve)
+        daemon.signal(SIGHUP)
+        try waitUntil("credentials") { daemon.read("expiration").bytes != nil }
+        let expiration = try #require(daemon.read("expiration").text)
+        let answer = try shell("curl -s \(url)")
+        #expect(
+            answer.stdout
+                == #"{"Code":"Success","AccessKeyId":"\#(FakeCredentialServer.accessKeyId(1))","AccessKeySecret":"\#(FakeCredentialServer.secret(1))","SecurityToken":"\#(FakeCredentialServer.token(1))","Expiration":"\#(expiration)"}"#
+                + "\n")
+        let requestsBefore = server.requests
+        for _ in 0..<20 { _ = try shell("curl -s \(url)") }
+        #expect(server.requests == requestsBefore, "URI reads caused upstream requests")
+        let missing = try shell("curl -s -o /dev/null -w '%{http_code}' \(url)nope")
+        #expect(missing.stdout == "404")
+    }
 }

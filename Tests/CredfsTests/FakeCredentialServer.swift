@@ -8,138 +8,138 @@ import Synchronization
 /// and can be told to rotate, fail or hang. Generation `n` has recognisable values
 /// (`STS.FAKE<n>…`, `secret-<n>-…`, `token-<n>-…`) so a reader can tell generations apart.
 final class FakeCredentialServer: Sendable {
-  enum Behaviour: Sendable, Equatable {
-    /// 200 with the current generation.
-    case serve
-    /// An HTTP error status with a JSON Code/Message body.
-    case status(Int)
-    /// 200 with a body that is not JSON.
-    case notJSON
-    /// Accept the request and never answer.
-    case hang
-  }
-
-  struct State {
-    var generation = 1
-    var behaviour = Behaviour.serve
-    var requests = 0
-    var rotateOnEachRequest = false
-    var lifetime: TimeInterval
-    var expiration: Date?
-  }
-
-  let state: Mutex<State>
-  private let channel: Mutex<Channel?> = Mutex(nil)
-
-  init(lifetime: TimeInterval = 3600, rotateOnEachRequest: Bool = false) {
-    state = Mutex(State(rotateOnEachRequest: rotateOnEachRequest, lifetime: lifetime))
-  }
-
-  var port: Int { channel.withLock { $0?.localAddress?.port ?? 0 } }
-  var url: String { "http://127.0.0.1:\(port)/credentials" }
-  var requests: Int { state.withLock { $0.requests } }
-  var generation: Int { state.withLock { $0.generation } }
-
-  func setBehaviour(_ behaviour: Behaviour) { state.withLock { $0.behaviour = behaviour } }
-
-  /// The next request gets new credentials.
-  func rotate() {
-    state.withLock {
-      $0.generation += 1
-      $0.expiration = nil
+    enum Behaviour: Sendable, Equatable {
+        /// 200 with the current generation.
+        case serve
+        /// An HTTP error status with a JSON Code/Message body.
+        case status(Int)
+        /// 200 with a body that is not JSON.
+        case notJSON
+        /// Accept the request and never answer.
+        case hang
     }
-  }
 
-  static func accessKeyId(_ generation: Int) -> String {
-    "STS.FAKE\(generation)x" + String(repeating: "A", count: 12)
-  }
-  static func secret(_ generation: Int) -> String {
-    "secret-\(generation)-" + String(repeating: "s", count: 20)
-  }
-  static func token(_ generation: Int) -> String {
-    "token-\(generation)-" + String(repeating: "t", count: 60)
-  }
-
-  /// The generation number encoded in an AccessKeyId, secret or token of this server.
-  static func generation(of value: String) -> Int? {
-    for prefix in ["STS.FAKE", "secret-", "token-"] where value.hasPrefix(prefix) {
-      let digits = value.dropFirst(prefix.count).prefix { $0.isNumber }
-      return Int(digits)
+    struct State {
+        var generation = 1
+        var behaviour = Behaviour.serve
+        var requests = 0
+        var rotateOnEachRequest = false
+        var lifetime: TimeInterval
+        var expiration: Date?
     }
-    return nil
-  }
 
-  func start() async throws {
-    let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-      .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-      .childChannelInitializer { channel in
-        channel.eventLoop.makeCompletedFuture {
-          try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-          try channel.pipeline.syncOperations.addHandler(Handler(server: self))
+    let state: Mutex<State>
+    private let channel: Mutex<Channel?> = Mutex(nil)
+
+    init(lifetime: TimeInterval = 3600, rotateOnEachRequest: Bool = false) {
+        state = Mutex(State(rotateOnEachRequest: rotateOnEachRequest, lifetime: lifetime))
+    }
+
+    var port: Int { channel.withLock { $0?.localAddress?.port ?? 0 } }
+    var url: String { "http://127.0.0.1:\(port)/credentials" }
+    var requests: Int { state.withLock { $0.requests } }
+    var generation: Int { state.withLock { $0.generation } }
+
+    func setBehaviour(_ behaviour: Behaviour) { state.withLock { $0.behaviour = behaviour } }
+
+    /// The next request gets new credentials.
+    func rotate() {
+        state.withLock {
+            $0.generation += 1
+            $0.expiration = nil
         }
-      }
-    let bound = try await bootstrap.bind(host: "127.0.0.1", port: 0).get()
-    channel.withLock { $0 = bound }
-  }
-
-  func stop() async {
-    let bound = channel.withLock { c -> Channel? in
-      defer { c = nil }
-      return c
     }
-    try? await bound?.close()
-  }
 
-  /// Decides the answer to one request.
-  func answer() -> (status: HTTPResponseStatus, body: String)? {
-    state.withLock { s in
-      s.requests += 1
-      switch s.behaviour {
-      case .hang: return nil
-      case .notJSON: return (.ok, "<html>not json</html>")
-      case .status(let code):
-        return (
-          HTTPResponseStatus(statusCode: code),
-          #"{"Code":"InternalError","Message":"fake upstream is failing"}"#
-        )
-      case .serve:
-        if s.rotateOnEachRequest, s.expiration != nil {
-          s.generation += 1
-          s.expiration = nil
+    static func accessKeyId(_ generation: Int) -> String {
+        "STS.FAKE\(generation)x" + String(repeating: "A", count: 12)
+    }
+    static func secret(_ generation: Int) -> String {
+        "secret-\(generation)-" + String(repeating: "s", count: 20)
+    }
+    static func token(_ generation: Int) -> String {
+        "token-\(generation)-" + String(repeating: "t", count: 60)
+    }
+
+    /// The generation number encoded in an AccessKeyId, secret or token of this server.
+    static func generation(of value: String) -> Int? {
+        for prefix in ["STS.FAKE", "secret-", "token-"] where value.hasPrefix(prefix) {
+            let digits = value.dropFirst(prefix.count).prefix { $0.isNumber }
+            return Int(digits)
         }
-        if s.expiration == nil {
-          s.expiration = Date(
-            timeIntervalSince1970: (Date().timeIntervalSince1970 + s.lifetime).rounded(.down))
+        return nil
+    }
+
+    func start() async throws {
+        let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                    try channel.pipeline.syncOperations.addHandler(Handler(server: self))
+                }
+            }
+        let bound = try await bootstrap.bind(host: "127.0.0.1", port: 0).get()
+        channel.withLock { $0 = bound }
+    }
+
+    func stop() async {
+        let bound = channel.withLock { c -> Channel? in
+            defer { c = nil }
+            return c
         }
-        let g = s.generation
-        let expiration = ISO8601DateFormatter().string(from: s.expiration!)
-        let body = """
-          {"Code":"Success","AccessKeyId":"\(Self.accessKeyId(g))","AccessKeySecret":"\(Self.secret(g))",\
-          "SecurityToken":"\(Self.token(g))","Expiration":"\(expiration)"}
-          """
-        return (.ok, body)
-      }
+        try? await bound?.close()
     }
-  }
 
-  final class Handler: ChannelInboundHandler, Sendable {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundOut = HTTPServerResponsePart
-    let server: FakeCredentialServer
-    init(server: FakeCredentialServer) { self.server = server }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-      guard case .end = unwrapInboundIn(data) else { return }
-      guard let (status, body) = server.answer() else { return }
-      var headers = HTTPHeaders()
-      headers.add(name: "Content-Type", value: "application/json")
-      headers.add(name: "Content-Length", value: String(body.utf8.count))
-      context.write(
-        wrapOutboundOut(
-          .head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))),
-        promise: nil)
-      context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
-      context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+    /// Decides the answer to one request.
+    func answer() -> (status: HTTPResponseStatus, body: String)? {
+        state.withLock { s in
+            s.requests += 1
+            switch s.behaviour {
+            case .hang: return nil
+            case .notJSON: return (.ok, "<html>not json</html>")
+            case .status(let code):
+                return (
+                    HTTPResponseStatus(statusCode: code),
+                    #"{"Code":"InternalError","Message":"fake upstream is failing"}"#
+                )
+            case .serve:
+                if s.rotateOnEachRequest, s.expiration != nil {
+                    s.generation += 1
+                    s.expiration = nil
+                }
+                if s.expiration == nil {
+                    s.expiration = Date(
+                        timeIntervalSince1970: (Date().timeIntervalSince1970 + s.lifetime).rounded(.down))
+                }
+                let g = s.generation
+                let expiration = ISO8601DateFormatter().string(from: s.expiration!)
+                let body = """
+                    {"Code":"Success","AccessKeyId":"\(Self.accessKeyId(g))","AccessKeySecret":"\(Self.secret(g))",\
+                    "SecurityToken":"\(Self.token(g))","Expiration":"\(expiration)"}
+                    """
+                return (.ok, body)
+            }
+        }
     }
-  }
+
+    final class Handler: ChannelInboundHandler, Sendable {
+        typealias InboundIn = HTTPServerRequestPart
+        typealias OutboundOut = HTTPServerResponsePart
+        let server: FakeCredentialServer
+        init(server: FakeCredentialServer) { self.server = server }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            guard case .end = unwrapInboundIn(data) else { return }
+            guard let (status, body) = server.answer() else { return }
+            var headers = HTTPHeaders()
+            headers.add(name: "Content-Type", value: "application/json")
+            headers.add(name: "Content-Length", value: String(body.utf8.count))
+            context.write(
+                wrapOutboundOut(
+                    .head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))),
+                promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        }
+    }
 }

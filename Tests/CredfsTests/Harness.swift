@@ -3,231 +3,230 @@ import Testing
 
 /// Errors a test harness raises when a condition never came true.
 struct HarnessError: Error, CustomStringConvertible {
-  let description: String
+    let description: String
 }
 
 /// Where the built `credfs` lives: next to this test bundle.
 enum Binary {
-  static let credfs: String = {
-    let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-    return exe.deletingLastPathComponent().appendingPathComponent("credfs").path
-  }()
+    static let credfs: String = {
+        let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        return exe.deletingLastPathComponent().appendingPathComponent("credfs").path
+    }()
 }
 
 /// Polls `condition` until it holds or `timeout` passes. A wait for a condition, not a
 /// sleep standing in for one.
 func waitUntil(
-  _ what: String, timeout: TimeInterval = 10, interval: TimeInterval = 0.02,
-  _ condition: () throws -> Bool
+    _ what: String, timeout: TimeInterval = 10, interval: TimeInterval = 0.02,
+    _ condition: () throws -> Bool
 ) throws {
-  let deadline = Date(timeIntervalSinceNow: timeout)
-  while Date() < deadline {
+    let deadline = Date(timeIntervalSinceNow: timeout)
+    while Date() < deadline {
+        if try condition() { return }
+        usleep(useconds_t(interval * 1_000_000))
+    }
     if try condition() { return }
-    usleep(useconds_t(interval * 1_000_000))
-  }
-  if try condition() { return }
-  throw HarnessError(description: "timed out after \(timeout) s waiting for \(what)")
+    throw HarnessError(description: "timed out after \(timeout) s waiting for \(what)")
 }
 
 /// A read through plain POSIX calls, so the errno of a failed open or read is kept.
 struct PosixRead: Equatable {
-  var bytes: [UInt8]?
-  var error: Int32 = 0
-  var text: String? { bytes.map { String(decoding: $0, as: UTF8.self) } }
+    var bytes: [UInt8]?
+    var error: Int32 = 0
+    var text: String? { bytes.map { String(decoding: $0, as: UTF8.self) } }
 }
 
 func readFile(_ path: String) -> PosixRead {
-  let fd = open(path, O_RDONLY)
-  guard fd >= 0 else { return PosixRead(bytes: nil, error: errno) }
-  defer { close(fd) }
-  return readAll(fd)
+    let fd = open(path, O_RDONLY)
+    guard fd >= 0 else { return PosixRead(bytes: nil, error: errno) }
+    defer { close(fd) }
+    return readAll(fd)
 }
 
 func readAll(_ fd: Int32, chunk: Int = 4096) -> PosixRead {
-  var out = [UInt8]()
-  var buffer = [UInt8](repeating: 0, count: chunk)
-  while true {
-    let n = read(fd, &buffer, chunk)
-    if n < 0 { return PosixRead(bytes: nil, error: errno) }
-    if n == 0 { return PosixRead(bytes: out) }
-    out += buffer[0..<n]
-  }
+    var out = [UInt8]()
+    var buffer = [UInt8](repeating: 0, count: chunk)
+    while true {
+        let n = read(fd, &buffer, chunk)
+        if n < 0 { return PosixRead(bytes: nil, error: errno) }
+        if n == 0 { return PosixRead(bytes: out) }
+        out += buffer[0..<n]
+    }
 }
 
 /// True when `path` is the mount point of a live mount in /proc/mounts.
 func isMounted(_ path: String) -> Bool {
-  guard let mounts = try? String(contentsOfFile: "/proc/mounts", encoding: .utf8) else {
-    return false
-  }
-  return mounts.split(separator: "\n").contains {
-    $0.split(separator: " ").dropFirst().first.map(String.init) == path
-  }
+    guard let mounts = try? String(contentsOfFile: "/proc/mounts", encoding: .utf8) else {
+        return false
+    }
+    return mounts.split(separator: "\n").contains {
+        $0.split(separator: " ").dropFirst().first.map(String.init) == path
+    }
 }
 
 /// Runs `credfs` to completion, capturing its output.
 struct CommandResult {
-  var status: Int32
-  var stdout: String
-  var stderr: String
+    var status: Int32
+    var stdout: String
+    var stderr: String
 }
 
-func runCredfs(_ arguments: [String], environment: [String: String]? = nil) throws -> CommandResult
-{
-  let process = Process()
-  process.executableURL = URL(fileURLWithPath: Binary.credfs)
-  process.arguments = arguments
-  if let environment { process.environment = environment }
-  // Files, not pipes: a daemon started by `mount` inherits stderr and would hold a pipe open.
-  let dir = try TempDir()
-  defer { dir.remove() }
-  let out = dir.path + "/stdout"
-  let err = dir.path + "/stderr"
-  FileManager.default.createFile(atPath: out, contents: nil)
-  FileManager.default.createFile(atPath: err, contents: nil)
-  process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
-  process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
-  process.standardInput = FileHandle.nullDevice
-  try process.run()
-  process.waitUntilExit()
-  return CommandResult(
-    status: process.terminationStatus,
-    stdout: (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
-    stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+func runCredfs(_ arguments: [String], environment: [String: String]? = nil) throws -> CommandResult {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: Binary.credfs)
+    process.arguments = arguments
+    if let environment { process.environment = environment }
+    // Files, not pipes: a daemon started by `mount` inherits stderr and would hold a pipe open.
+    let dir = try TempDir()
+    defer { dir.remove() }
+    let out = dir.path + "/stdout"
+    let err = dir.path + "/stderr"
+    FileManager.default.createFile(atPath: out, contents: nil)
+    FileManager.default.createFile(atPath: err, contents: nil)
+    process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
+    process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
+    process.standardInput = FileHandle.nullDevice
+    try process.run()
+    process.waitUntilExit()
+    return CommandResult(
+        status: process.terminationStatus,
+        stdout: (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
+        stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
 }
 
 /// A temporary directory, removed by ``remove()``.
 struct TempDir {
-  let path: String
-  init() throws {
-    var template = Array("/tmp/credfs-test-XXXXXX".utf8CString)
-    guard let made = mkdtemp(&template) else { throw HarnessError(description: "mkdtemp failed") }
-    path = String(cString: made)
-  }
-  func remove() { try? FileManager.default.removeItem(atPath: path) }
+    let path: String
+    init() throws {
+        var template = Array("/tmp/credfs-test-XXXXXX".utf8CString)
+        guard let made = mkdtemp(&template) else { throw HarnessError(description: "mkdtemp failed") }
+        path = String(cString: made)
+    }
+    func remove() { try? FileManager.default.removeItem(atPath: path) }
 }
 
 /// A `credfs mount -f` daemon on a temporary mount point. ``stop()`` always leaves the
 /// mount point unmounted and removed, also when a test fails half-way.
 final class Daemon {
-  let dir: TempDir
-  let mountpoint: String
-  let logPath: String
-  let process: Process
-  /// False when another daemon will reuse the directory after this one.
-  var removesDirectory = true
+    let dir: TempDir
+    let mountpoint: String
+    let logPath: String
+    let process: Process
+    /// False when another daemon will reuse the directory after this one.
+    var removesDirectory = true
 
-  /// Starts the daemon and waits until the mount answers.
-  init(
-    _ arguments: [String], environment: [String: String]? = nil, waitForMount: Bool = true,
-    in existing: TempDir? = nil
-  ) throws {
-    dir = try existing ?? TempDir()
-    mountpoint = dir.path + "/mnt"
-    logPath = dir.path + "/credfs.log"
-    FileManager.default.createFile(atPath: logPath, contents: nil)
-    process = Process()
-    process.executableURL = URL(fileURLWithPath: Binary.credfs)
-    process.arguments = ["mount", mountpoint, "-f"] + arguments
-    if let environment { process.environment = environment }
-    process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
-    process.standardOutput = FileHandle.nullDevice
-    process.standardInput = FileHandle.nullDevice
-    try process.run()
-    if waitForMount {
-      do {
-        try waitUntil("the mount at \(mountpoint)") {
-          guard process.isRunning else {
-            throw HarnessError(description: "credfs exited: \(log)")
-          }
-          return isMounted(mountpoint)
+    /// Starts the daemon and waits until the mount answers.
+    init(
+        _ arguments: [String], environment: [String: String]? = nil, waitForMount: Bool = true,
+        in existing: TempDir? = nil
+    ) throws {
+        dir = try existing ?? TempDir()
+        mountpoint = dir.path + "/mnt"
+        logPath = dir.path + "/credfs.log"
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: Binary.credfs)
+        process.arguments = ["mount", mountpoint, "-f"] + arguments
+        if let environment { process.environment = environment }
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        process.standardOutput = FileHandle.nullDevice
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        if waitForMount {
+            do {
+                try waitUntil("the mount at \(mountpoint)") {
+                    guard process.isRunning else {
+                        throw HarnessError(description: "credfs exited: \(log)")
+                    }
+                    return isMounted(mountpoint)
+                }
+            } catch {
+                stop()
+                throw error
+            }
         }
-      } catch {
-        stop()
-        throw error
-      }
     }
-  }
 
-  private var finalLog: String?
-  /// What the daemon wrote to stderr (kept after ``stop()``).
-  var log: String { finalLog ?? (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
-  var pid: pid_t { process.processIdentifier }
+    private var finalLog: String?
+    /// What the daemon wrote to stderr (kept after ``stop()``).
+    var log: String { finalLog ?? (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+    var pid: pid_t { process.processIdentifier }
 
-  func path(_ name: String) -> String { mountpoint + "/" + name }
-  func read(_ name: String) -> PosixRead { readFile(path(name)) }
+    func path(_ name: String) -> String { mountpoint + "/" + name }
+    func read(_ name: String) -> PosixRead { readFile(path(name)) }
 
-  /// Reads a file from a new process group (`setsid cat`), so no generation pin that this
-  /// test process holds applies.
-  func readAsNewGroup(_ name: String) -> String? {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
-    process.arguments = ["--wait", "cat", path(name)]
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    process.standardError = FileHandle.nullDevice
-    guard (try? process.run()) != nil else { return nil }
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return process.terminationStatus == 0 ? String(decoding: data, as: UTF8.self) : nil
-  }
-
-  /// The `status` view, parsed.
-  func status() throws -> [String: Any] {
-    let read = read("status")
-    guard let bytes = read.bytes else {
-      throw HarnessError(description: "status unreadable: errno \(read.error)")
+    /// Reads a file from a new process group (`setsid cat`), so no generation pin that this
+    /// test process holds applies.
+    func readAsNewGroup(_ name: String) -> String? {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
+        process.arguments = ["--wait", "cat", path(name)]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { return nil }
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return process.terminationStatus == 0 ? String(decoding: data, as: UTF8.self) : nil
     }
-    guard let object = try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
-      throw HarnessError(description: "status is not a JSON object")
-    }
-    return object
-  }
 
-  func generation() throws -> Int { try status()["generation"] as? Int ?? -1 }
-  func state() throws -> String { try status()["state"] as? String ?? "?" }
-
-  func signal(_ sig: Int32) { kill(process.processIdentifier, sig) }
-
-  /// SIGTERM, wait for exit (killing it after 5 s), and make sure nothing stays mounted.
-  @discardableResult
-  func stop() -> (exited: Bool, seconds: TimeInterval) {
-    let start = Date()
-    if process.isRunning {
-      kill(process.processIdentifier, SIGTERM)
+    /// The `status` view, parsed.
+    func status() throws -> [String: Any] {
+        let read = read("status")
+        guard let bytes = read.bytes else {
+            throw HarnessError(description: "status unreadable: errno \(read.error)")
+        }
+        guard let object = try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
+            throw HarnessError(description: "status is not a JSON object")
+        }
+        return object
     }
-    var exited = true
-    do {
-      try waitUntil("credfs to exit", timeout: 5) { !process.isRunning }
-    } catch {
-      exited = false
-      kill(process.processIdentifier, SIGKILL)
-      process.waitUntilExit()
+
+    func generation() throws -> Int { try status()["generation"] as? Int ?? -1 }
+    func state() throws -> String { try status()["state"] as? String ?? "?" }
+
+    func signal(_ sig: Int32) { kill(process.processIdentifier, sig) }
+
+    /// SIGTERM, wait for exit (killing it after 5 s), and make sure nothing stays mounted.
+    @discardableResult
+    func stop() -> (exited: Bool, seconds: TimeInterval) {
+        let start = Date()
+        if process.isRunning {
+            kill(process.processIdentifier, SIGTERM)
+        }
+        var exited = true
+        do {
+            try waitUntil("credfs to exit", timeout: 5) { !process.isRunning }
+        } catch {
+            exited = false
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        let seconds = Date().timeIntervalSince(start)
+        finalLog = log
+        if isMounted(mountpoint) { umount2(mountpoint, Int32(MNT_DETACH)) }
+        if removesDirectory { dir.remove() }
+        return (exited, seconds)
     }
-    let seconds = Date().timeIntervalSince(start)
-    finalLog = log
-    if isMounted(mountpoint) { umount2(mountpoint, Int32(MNT_DETACH)) }
-    if removesDirectory { dir.remove() }
-    return (exited, seconds)
-  }
 }
 
 /// Runs `argv` as another user (setpriv, no supplementary groups).
 func runAs(uid: uid_t, gid: gid_t, _ argv: [String]) throws -> CommandResult {
-  let process = Process()
-  process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-  process.arguments = ["--reuid=\(uid)", "--regid=\(gid)", "--clear-groups", "--"] + argv
-  let dir = try TempDir()
-  defer { dir.remove() }
-  let out = dir.path + "/out"
-  let err = dir.path + "/err"
-  FileManager.default.createFile(atPath: out, contents: nil)
-  FileManager.default.createFile(atPath: err, contents: nil)
-  process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
-  process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
-  try process.run()
-  process.waitUntilExit()
-  return CommandResult(
-    status: process.terminationStatus,
-    stdout: (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
-    stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+    process.arguments = ["--reuid=\(uid)", "--regid=\(gid)", "--clear-groups", "--"] + argv
+    let dir = try TempDir()
+    defer { dir.remove() }
+    let out = dir.path + "/out"
+    let err = dir.path + "/err"
+    FileManager.default.createFile(atPath: out, contents: nil)
+    FileManager.default.createFile(atPath: err, contents: nil)
+    process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
+    process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
+    try process.run()
+    process.waitUntilExit()
+    return CommandResult(
+        status: process.terminationStatus,
+        stdout: (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
+        stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
 }

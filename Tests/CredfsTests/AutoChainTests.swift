@@ -1,0 +1,159 @@
+import Foundation
+import Testing
+
+@testable import CredentialCore
+
+/// `auto`: the SDK default-chain order (env, OIDC, ECS metadata, URI) against fakes. Every
+/// metadata endpoint is a fake on 127.0.0.1, or the probe is disabled.
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct AutoChainTests {
+    struct Fakes {
+        let ecs = FakeMetadataServer()
+        let sts = FakeSTSServer()
+        let uri = FakeCredentialServer()
+        let dir: TempDir
+        init() async throws {
+            dir = try TempDir()
+            try "oidc-token-A".write(toFile: dir.path + "/token", atomically: true, encoding: .utf8)
+            try await ecs.start()
+            try await sts.start()
+            try await uri.start()
+        }
+        func stop() async {
+            await ecs.stop()
+            await sts.stop()
+            await uri.stop()
+            dir.remove()
+        }
+        var env: [String: String] {
+            [
+                "ALIBABA_CLOUD_ACCESS_KEY_ID": "LTAI5tAutoEnvKey0001",
+                "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "auto-env-secret",
+            ]
+        }
+        var oidc: [String: String] {
+            [
+                "ALIBABA_CLOUD_ROLE_ARN": OIDCTests.roleArn,
+                "ALIBABA_CLOUD_OIDC_PROVIDER_ARN": OIDCTests.providerArn,
+                "ALIBABA_CLOUD_OIDC_TOKEN_FILE": dir.path + "/token",
+            ]
+        }
+        var uriVariable: [String: String] { ["ALIBABA_CLOUD_CREDENTIALS_URI": uri.url] }
+        func auto(_ environment: [String: String], imds: String? = nil) -> AutoProvider {
+            AutoProvider(
+                environment: environment, imdsEndpoint: imds ?? ecs.endpoint, stsEndpoint: sts.endpoint)
+        }
+        var counts: (ecs: Int, sts: Int, uri: Int) { (ecs.requests, sts.requests, uri.requests) }
+    }
+
+    @Test func envComesFirst() async throws {
+        let f = try await Fakes()
+        let auto = f.auto(f.env.merging(f.oidc) { a, _ in a }.merging(f.uriVariable) { a, _ in a })
+        #expect(auto.name == "auto")
+        let credentials = try await auto.fetch()
+        await f.stop()
+        #expect(credentials.accessKeyId == "LTAI5tAutoEnvKey0001")
+        #expect(auto.name == "auto:env")
+        #expect(f.counts == (0, 0, 0))
+    }
+
+    @Test func oidcComesBeforeMetadataAndURI() async throws {
+        let f = try await Fakes()
+        let auto = f.auto(f.oidc.merging(f.uriVariable) { a, _ in a })
+        let credentials = try await auto.fetch()
+        await f.stop()
+        #expect(credentials.accessKeyId == FakeCredentialServer.accessKeyId(1))
+        #expect(auto.name == "auto:oidc-role-arn")
+        #expect(f.counts == (0, 1, 0))
+    }
+
+    @Test func metadataComesBeforeURIAndIsKept() async throws {
+        let f = try await Fakes()
+        let auto = f.auto(f.uriVariable)
+        _ = try await auto.fetch()
+        #expect(auto.name == "auto:ecs-ram-role")
+        #expect(f.counts == (3, 0, 0))  // PUT token, role lookup, credentials
+        // Kept: a failing metadata service is reported as such, the URI is not tried.
+        f.ecs.set { $0.chaos = .http500 }
+        do {
+            _ = try await auto.fetch()
+            Issue.record("the failure was hidden")
+        } catch let error as CredentialError {
+            #expect(error.message.hasPrefix("auto chose ecs-ram-role: "), "\(error.message)")
+        }
+        await f.stop()
+        #expect(f.counts.uri == 0)
+    }
+
+    @Test func metadataDisabledGoesToURI() async throws {
+        let f = try await Fakes()
+        let auto = f.auto(
+            f.uriVariable.merging(["ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true"]) { a, _ in a })
+        _ = try await auto.fetch()
+        await f.stop()
+        #expect(auto.name == "auto:uri")
+        #expect(f.counts == (0, 0, 1))
+    }
+
+    /// Off ECS the probe is bounded by one metadata timeout (1 s): a metadata address that
+    /// accepts and never answers, or refuses (AsyncHTTPClient retries a refused connect
+    /// until its connect timeout), costs about 1 s, then the chain moves on.
+    @Test func anAbsentMetadataServiceCostsLittle() async throws {
+        let f = try await Fakes()
+        f.ecs.set { $0.tokenMode = .hangs }
+        let hanging = f.auto(f.uriVariable)
+        var started = Date()
+        _ = try await hanging.fetch()
+        let hangCost = Date().timeIntervalSince(started)
+        #expect(hanging.name == "auto:uri")
+        #expect(hangCost < 1.5, "probe of a hanging metadata service took \(hangCost) s")
+        #expect(f.ecs.read { $0.tokenPuts } == 1)
+        #expect(f.ecs.read { $0.roleListGets + $0.credentialGets } == 0)
+
+        let refused = f.auto(f.uriVariable, imds: "http://127.0.0.1:9")
+        started = Date()
+        _ = try await refused.fetch()
+        let refusedCost = Date().timeIntervalSince(started)
+        await f.stop()
+        #expect(refused.name == "auto:uri")
+        #expect(refusedCost < 1.5, "probe of a refused metadata address took \(refusedCost) s")
+        print(
+            "auto: metadata probe cost \(String(format: "%.2f", hangCost)) s against a hanging service, "
+                + "\(String(format: "%.3f", refusedCost)) s against a refused port")
+    }
+
+    @Test func nothingAvailableNamesWhatWasTried() async throws {
+        let f = try await Fakes()
+        let auto = f.auto(["ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true"])
+        await f.stop()
+        do {
+            _ = try await auto.fetch()
+            Issue.record("found a source")
+        } catch let error as CredentialError {
+            for name in [
+                "env", "oidc-role-arn", "ecs-ram-role (ALIBABA_CLOUD_ECS_METADATA_DISABLED=true)", "uri",
+            ] {
+                #expect(error.message.contains(name), "\(error.message)")
+            }
+        }
+        #expect(auto.name == "auto")
+    }
+
+    @Test func mountNamesTheChoiceInStatusAndLog() async throws {
+        let f = try await Fakes()
+        defer { Task { await f.stop() } }
+        let daemon = try Daemon(
+            ["--imds-endpoint", f.ecs.endpoint],
+            environment: EcsMetadataTests.environment(f.uriVariable))
+        defer { daemon.stop() }
+        try waitUntil("generation 1") { try daemon.generation() == 1 }
+        #expect(try daemon.status()["provider"] as? String == "auto:ecs-ram-role")
+        #expect(daemon.log.contains("auto chose a credential source"))
+        #expect(daemon.log.contains("ecs-ram-role"))
+        f.ecs.rotate()
+        daemon.signal(SIGHUP)
+        try waitUntil("generation 2") { try daemon.generation() == 2 }
+        #expect(daemon.readAsNewGroup("access_key_id") == FakeCredentialServer.accessKeyId(2))
+        #expect(f.uri.requests == 0)
+    }
+}
