@@ -96,8 +96,10 @@ struct Mount: AsyncParsableCommand {
         // Signals are ours from the start: a SIGTERM arriving while mounting is kept and
         // handed to the service group once it exists; a SIGHUP then just refreshes.
         let router = SignalRouter()
+        // Trapped now, before the mount appears; iterated below (the sequence buffers).
+        let trapped = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sighup)
         let signals = Task {
-            for await signal in await UnixSignalsSequence(trapping: .sigterm, .sigint, .sighup) {
+            for await signal in trapped {
                 if signal == .sighup {
                     logger.info("SIGHUP: refreshing now")
                     await router.hangup()

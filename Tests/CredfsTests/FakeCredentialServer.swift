@@ -1,7 +1,4 @@
 import Foundation
-import NIOCore
-import NIOHTTP1
-import NIOPosix
 import Synchronization
 
 /// A credentials-URI server on 127.0.0.1 that speaks the real protocol over real HTTP
@@ -29,13 +26,13 @@ final class FakeCredentialServer: Sendable {
     }
 
     let state: Mutex<State>
-    private let channel: Mutex<Channel?> = Mutex(nil)
+    private let http: Mutex<FakeHTTPServer?> = Mutex(nil)
 
     init(lifetime: TimeInterval = 3600, rotateOnEachRequest: Bool = false) {
         state = Mutex(State(rotateOnEachRequest: rotateOnEachRequest, lifetime: lifetime))
     }
 
-    var port: Int { channel.withLock { $0?.localAddress?.port ?? 0 } }
+    var port: Int { http.withLock { $0?.port ?? 0 } }
     var url: String { "http://127.0.0.1:\(port)/credentials" }
     var requests: Int { state.withLock { $0.requests } }
     var generation: Int { state.withLock { $0.generation } }
@@ -70,38 +67,31 @@ final class FakeCredentialServer: Sendable {
     }
 
     func start() async throws {
-        let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(Handler(server: self))
-                }
-            }
-        let bound = try await bootstrap.bind(host: "127.0.0.1", port: 0).get()
-        channel.withLock { $0 = bound }
+        let server = FakeHTTPServer { [self] _ in
+            guard let (status, body) = answer() else { return .hang }
+            return .respond(status: status, body: body)
+        }
+        try await server.start()
+        http.withLock { $0 = server }
     }
 
     func stop() async {
-        let bound = channel.withLock { c -> Channel? in
-            defer { c = nil }
-            return c
+        let server = http.withLock { h -> FakeHTTPServer? in
+            defer { h = nil }
+            return h
         }
-        try? await bound?.close()
+        await server?.stop()
     }
 
     /// Decides the answer to one request.
-    func answer() -> (status: HTTPResponseStatus, body: String)? {
+    func answer() -> (status: Int, body: String)? {
         state.withLock { s in
             s.requests += 1
             switch s.behaviour {
             case .hang: return nil
-            case .notJSON: return (.ok, "<html>not json</html>")
+            case .notJSON: return (200, "<html>not json</html>")
             case .status(let code):
-                return (
-                    HTTPResponseStatus(statusCode: code),
-                    #"{"Code":"InternalError","Message":"fake upstream is failing"}"#
-                )
+                return (code, #"{"Code":"InternalError","Message":"fake upstream is failing"}"#)
             case .serve:
                 if s.rotateOnEachRequest, s.expiration != nil {
                     s.generation += 1
@@ -117,29 +107,8 @@ final class FakeCredentialServer: Sendable {
                     {"Code":"Success","AccessKeyId":"\(Self.accessKeyId(g))","AccessKeySecret":"\(Self.secret(g))",\
                     "SecurityToken":"\(Self.token(g))","Expiration":"\(expiration)"}
                     """
-                return (.ok, body)
+                return (200, body)
             }
-        }
-    }
-
-    final class Handler: ChannelInboundHandler, Sendable {
-        typealias InboundIn = HTTPServerRequestPart
-        typealias OutboundOut = HTTPServerResponsePart
-        let server: FakeCredentialServer
-        init(server: FakeCredentialServer) { self.server = server }
-
-        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            guard case .end = unwrapInboundIn(data) else { return }
-            guard let (status, body) = server.answer() else { return }
-            var headers = HTTPHeaders()
-            headers.add(name: "Content-Type", value: "application/json")
-            headers.add(name: "Content-Length", value: String(body.utf8.count))
-            context.write(
-                wrapOutboundOut(
-                    .head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))),
-                promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         }
     }
 }
