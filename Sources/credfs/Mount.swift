@@ -279,7 +279,8 @@ enum Tree {
                 caching: view == .status ? .perOpen : .versioned,
                 peek: { convert(views.peek(view)) },
                 open: { caller in
-                    let group = getpgid(caller.pid)
+                    // Only field reads are pinned: the other views need no process group.
+                    let group = view.isField ? getpgid(caller.pid) : -1
                     return convert(views.open(view, group: group > 0 ? group : nil))
                 })
         }
