@@ -40,13 +40,23 @@ struct ClientViewTests {
 
         // Each run is its own process group (setsid); the pauses make straddling a
         // rotation likely, so mixing would show if pinning did not hold.
-        let runs = 150
+        let runs = 300
         let m = daemon.mountpoint
         let script = """
             for i in $(seq \(runs)); do
               setsid sh -c 'cat \(m)/access_key_id; echo; sleep 0.02; cat \(m)/access_key_secret; echo; sleep 0.02; cat \(m)/token; echo'
             done
             """
+        // Meanwhile, two long-lived groups: one reads again after its 10 s pin ended, one
+        // after its pinned credentials (3 s lifetime) expired but within the 10 s.
+        let outlived = Task.detached {
+            try self.shell("setsid sh -c 'cat \(m)/access_key_id; echo; sleep 10.5; cat \(m)/access_key_id'")
+        }
+        let expired = Task.detached {
+            try self.shell(
+                "setsid sh -c 'cat \(m)/access_key_id; echo; cat \(m)/expiration; echo; sleep 4; cat \(m)/access_key_id; echo; cat \(m)/expiration'"
+            )
+        }
         let result = try shell(script)
         #expect(result.status == 0, "\(result.stderr)")
         let lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(
@@ -67,6 +77,22 @@ struct ClientViewTests {
         #expect(rotations >= 3, "only \(rotations) rotations during the runs")
         #expect(generations.count >= 3)
         print("pinning: \(runs) process groups, \(rotations) rotations, \(mixed) mixed")
+
+        let long = try await outlived.value.stdout.split(separator: "\n").map {
+            FakeCredentialServer.generation(of: String($0))
+        }
+        #expect(long.count == 2 && long[0] != nil && long[1] != nil && long[1]! > long[0]!, "after 10 s: \(long)")
+        let lines2 = try await expired.value.stdout.split(separator: "\n").map(String.init)
+        #expect(lines2.count == 4)
+        if lines2.count == 4 {
+            let before = FakeCredentialServer.generation(of: lines2[0])
+            let after = FakeCredentialServer.generation(of: lines2[2])
+            let firstExpiry = ISO8601DateFormatter().date(from: lines2[1])
+            let secondExpiry = ISO8601DateFormatter().date(from: lines2[3])
+            // The pinned set expired within the group's 10 s: it was not served again.
+            #expect(before != nil && after != nil && after! > before!, "\(lines2)")
+            #expect(firstExpiry != nil && secondExpiry != nil && secondExpiry! > firstExpiry!)
+        }
     }
 
     @Test func oneGroupKeepsItsGenerationAcrossARotationWhileOthersMoveOn() async throws {
