@@ -43,9 +43,9 @@ public enum STSAnswer {
         let decoded = tooLarge ? nil : try? JSONDecoder().decode(Body.self, from: Data(body))
         func refusal(_ prefix: String, _ answer: Body) -> CredentialError {
             let request = answer.RequestId.map { " (RequestId \($0.prefix(64)))" } ?? ""
+            let message = answer.Message.map(withoutStringToSign) ?? "no Message"
             return CredentialError(
-                "STS \(action): \(prefix)\(answer.Code ?? "no Code"): \(answer.Message ?? "no Message")\(request)"
-            )
+                "STS \(action): \(prefix)\(answer.Code ?? "no Code"): \(message)\(request)")
         }
         guard status == 200 else {
             if let decoded, decoded.Code != nil || decoded.Message != nil {
@@ -69,6 +69,17 @@ public enum STSAnswer {
         } catch {
             throw CredentialError("STS \(action): \(error.message)")
         }
+    }
+
+    /// STS's `SignatureDoesNotMatch` message quotes its whole string to sign, which holds
+    /// the signer's SecurityToken: the message is cut before it.
+    static func withoutStringToSign(_ message: String) -> String {
+        guard let range = message.range(of: "string to sign", options: .caseInsensitive) else { return message }
+        var kept = String(message[..<range.lowerBound])
+        while kept.hasSuffix(" ") || kept.hasSuffix(".") { kept.removeLast() }
+        if kept.lowercased().hasSuffix("server") { kept.removeLast(6) }
+        while kept.hasSuffix(" ") || kept.hasSuffix(".") { kept.removeLast() }
+        return kept + " (string to sign left out)"
     }
 
     /// `application/x-www-form-urlencoded` / RPC query encoding: RFC 3986 unreserved

@@ -8,7 +8,11 @@ enum ProviderKind: String, ExpressibleByArgument, CaseIterable {
     case auto, uri, env, demo
     case ecsRamRole = "ecs-ram-role"
     case oidcRoleArn = "oidc-role-arn"
+    case ramRoleArn = "ram-role-arn"
     case process
+
+    /// The kinds that may sign AssumeRole for `ram-role-arn`.
+    static var sources: [ProviderKind] { allCases.filter { $0 != .auto && $0 != .ramRoleArn } }
 }
 
 /// Where credentials come from: shared by `mount` and `get`.
@@ -40,8 +44,20 @@ struct ProviderOptions: ParsableArguments {
         ))
     var command: String?
 
-    @Option(help: "RAM role ARN for oidc-role-arn (default: $ALIBABA_CLOUD_ROLE_ARN).")
+    @Option(
+        help:
+            "RAM role ARN for oidc-role-arn and ram-role-arn (default: $ALIBABA_CLOUD_ROLE_ARN, except for ram-role-arn signed by oidc-role-arn)."
+    )
     var roleArn: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "Provider whose credentials sign AssumeRole for ram-role-arn: \(ProviderKind.sources.map(\.rawValue).joined(separator: ", ")) (default env).",
+            discussion: "It is configured by its own flags, and refreshed on its own schedule."))
+    var sourceProvider: ProviderKind?
+
+    @Option(help: "ExternalId for ram-role-arn's AssumeRole.")
+    var externalId: String?
 
     @Option(help: "OIDC provider ARN for oidc-role-arn (default: $ALIBABA_CLOUD_OIDC_PROVIDER_ARN).")
     var oidcProviderArn: String?
@@ -97,7 +113,8 @@ struct ProviderOptions: ParsableArguments {
             throw ValidationError("--duration must be between 900 and 43200 seconds")
         }
         let sessionName =
-            roleSessionName ?? (provider == .oidcRoleArn ? environment["ALIBABA_CLOUD_ROLE_SESSION_NAME"] : nil)
+            roleSessionName
+            ?? ([.oidcRoleArn, .ramRoleArn].contains(provider) ? environment["ALIBABA_CLOUD_ROLE_SESSION_NAME"] : nil)
         if let name = sessionName, !name.isEmpty {
             guard name.count >= 2, name.count <= 64,
                 name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "_+=,.@-".contains($0)) })
@@ -106,15 +123,38 @@ struct ProviderOptions: ParsableArguments {
                     "--role-session-name must be 2 to 64 of the characters A-Z a-z 0-9 _+=,.@-")
             }
         }
-        if command != nil, provider != .process {
-            throw ValidationError("--command is only for --provider process")
+        if sourceProvider != nil || externalId != nil, provider != .ramRoleArn {
+            throw ValidationError("--source-provider and --external-id are only for --provider ram-role-arn")
         }
-        if provider == .process, ProcessProvider.split(command ?? "").isEmpty {
+        if let sourceProvider, !ProviderKind.sources.contains(sourceProvider) {
+            throw ValidationError(
+                "--source-provider must be one of \(ProviderKind.sources.map(\.rawValue).joined(separator: ", "))")
+        }
+        /// The kind that fetches: the provider, or the source behind ram-role-arn.
+        let fetching = provider == .ramRoleArn ? resolvedSourceProvider : provider
+        if command != nil, fetching != .process {
+            throw ValidationError("--command is only for --provider process (or --source-provider process)")
+        }
+        if fetching == .process, ProcessProvider.split(command ?? "").isEmpty {
             throw ValidationError("--provider process needs --command")
         }
-        if provider == .oidcRoleArn {
-            guard resolvedRoleArn != nil else {
-                throw ValidationError("--provider oidc-role-arn needs --role-arn or ALIBABA_CLOUD_ROLE_ARN")
+        if fetching == .uri, resolvedURI == nil {
+            throw ValidationError("--source-provider uri needs --uri or ALIBABA_CLOUD_CREDENTIALS_URI")
+        }
+        if provider == .ramRoleArn {
+            guard resolvedAssumedRoleArn != nil else {
+                throw ValidationError(
+                    resolvedSourceProvider == .oidcRoleArn
+                        ? "--provider ram-role-arn with --source-provider oidc-role-arn needs --role-arn (ALIBABA_CLOUD_ROLE_ARN is the OIDC role)"
+                        : "--provider ram-role-arn needs --role-arn or ALIBABA_CLOUD_ROLE_ARN")
+            }
+        }
+        if fetching == .oidcRoleArn {
+            guard resolvedOIDCRoleArn != nil else {
+                throw ValidationError(
+                    provider == .ramRoleArn
+                        ? "--source-provider oidc-role-arn needs ALIBABA_CLOUD_ROLE_ARN"
+                        : "--provider oidc-role-arn needs --role-arn or ALIBABA_CLOUD_ROLE_ARN")
             }
             guard resolvedOIDCProviderArn != nil else {
                 throw ValidationError(
@@ -141,6 +181,15 @@ struct ProviderOptions: ParsableArguments {
     }
 
     var resolvedRoleArn: String? { resolved(roleArn, "ALIBABA_CLOUD_ROLE_ARN") }
+    var resolvedSourceProvider: ProviderKind { sourceProvider ?? .env }
+    /// The role OIDC assumes: `--role-arn` belongs to ram-role-arn when OIDC is its source.
+    var resolvedOIDCRoleArn: String? {
+        provider == .ramRoleArn ? resolved(nil, "ALIBABA_CLOUD_ROLE_ARN") : resolvedRoleArn
+    }
+    /// The role ram-role-arn assumes; with an OIDC source only `--role-arn` names it.
+    var resolvedAssumedRoleArn: String? {
+        resolvedSourceProvider == .oidcRoleArn ? resolved(roleArn, "") : resolvedRoleArn
+    }
     var resolvedOIDCProviderArn: String? {
         resolved(oidcProviderArn, "ALIBABA_CLOUD_OIDC_PROVIDER_ARN")
     }
@@ -153,9 +202,15 @@ struct ProviderOptions: ParsableArguments {
         return text
     }
 
-    func makeProvider() -> any CredentialProvider {
+    func makeProvider() -> any CredentialProvider { makeProvider(provider) }
+
+    func makeProvider(_ kind: ProviderKind) -> any CredentialProvider {
         let environment = self.environment
-        switch provider {
+        let endpoint = STSEndpoint.resolve(flag: stsEndpoint, environment: environment)
+        // As the source of ram-role-arn, OIDC keeps to its variables: the STS flags
+        // (--role-arn, --role-session-name, --duration, --policy) are the AssumeRole's.
+        let forRamRole = provider == .ramRoleArn
+        switch kind {
         case .uri: return URIProvider(url: resolvedURI!)
         case .env: return EnvironmentProvider()
         case .demo: return DemoProvider(lifetime: demoLifetime)
@@ -167,11 +222,16 @@ struct ProviderOptions: ParsableArguments {
             return ProcessProvider(argv: ProcessProvider.split(command ?? ""))
         case .oidcRoleArn:
             return OIDCProvider(
-                roleArn: resolvedRoleArn!, oidcProviderArn: resolvedOIDCProviderArn!,
+                roleArn: resolvedOIDCRoleArn!, oidcProviderArn: resolvedOIDCProviderArn!,
                 tokenFile: resolvedOIDCTokenFile!,
+                sessionName: (forRamRole ? nil : roleSessionName) ?? environment["ALIBABA_CLOUD_ROLE_SESSION_NAME"],
+                durationSeconds: forRamRole ? OIDCProvider.defaultDuration : duration,
+                policy: forRamRole ? nil : policy, endpoint: endpoint)
+        case .ramRoleArn:
+            return RamRoleArnProvider(
+                source: makeProvider(resolvedSourceProvider), roleArn: resolvedAssumedRoleArn!,
                 sessionName: roleSessionName ?? environment["ALIBABA_CLOUD_ROLE_SESSION_NAME"],
-                durationSeconds: duration, policy: policy,
-                endpoint: STSEndpoint.resolve(flag: stsEndpoint, environment: environment))
+                durationSeconds: duration, externalId: externalId, policy: policy, endpoint: endpoint)
         case .auto:
             return AutoProvider(
                 environment: environment, imdsEndpoint: imdsEndpoint, role: role, stsEndpoint: stsEndpoint)

@@ -1,0 +1,174 @@
+import Crypto
+import Foundation
+import Logging
+
+/// Alibaba Cloud's RPC-style request signature, version 1.0 (HMAC-SHA1):
+///
+/// 1. the canonicalized query: every parameter but `Signature`, sorted by name (byte
+///    order), each `percentEncode(name)=percentEncode(value)`, joined with `&`;
+/// 2. the string to sign: `GET&%2F&` + percentEncode(canonicalized query);
+/// 3. the signature: base64(HMAC-SHA1(key: AccessKeySecret + "&", string to sign)),
+///    sent as one more query parameter, `Signature`.
+///
+/// Percent-encoding is RFC 3986's (``STSAnswer/percentEncode(_:)``): unreserved characters
+/// stay, everything else is `%XX`, a space is `%20`, `*` is `%2A`, `~` stays.
+public enum RPCSignature {
+    public static func canonicalizedQuery(_ parameters: [(String, String)]) -> String {
+        parameters
+            .filter { $0.0 != "Signature" }
+            .sorted { Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8)) }
+            .map { STSAnswer.percentEncode($0.0) + "=" + STSAnswer.percentEncode($0.1) }
+            .joined(separator: "&")
+    }
+
+    public static func stringToSign(method: String = "GET", canonicalizedQuery: String) -> String {
+        method + "&" + STSAnswer.percentEncode("/") + "&" + STSAnswer.percentEncode(canonicalizedQuery)
+    }
+
+    /// base64(HMAC-SHA1(secret + "&", text)).
+    public static func signature(of text: String, secret: String) -> String {
+        let key = SymmetricKey(data: Array((secret + "&").utf8))
+        let code = HMAC<Insecure.SHA1>.authenticationCode(for: Array(text.utf8), using: key)
+        return Data(code).base64EncodedString()
+    }
+
+    /// The signature of `parameters` for a GET.
+    public static func sign(_ parameters: [(String, String)], secret: String) -> String {
+        signature(of: stringToSign(canonicalizedQuery: canonicalizedQuery(parameters)), secret: secret)
+    }
+
+    /// The whole query string of a signed GET: the canonicalized query, then `&Signature=…`.
+    public static func signedQuery(_ parameters: [(String, String)], secret: String) -> String {
+        let canonical = canonicalizedQuery(parameters)
+        let signature = signature(of: stringToSign(canonicalizedQuery: canonical), secret: secret)
+        return canonical + "&Signature=" + STSAnswer.percentEncode(signature)
+    }
+}
+
+/// `ram-role-arn`: STS AssumeRole, a signed RPC GET (``RPCSignature``), signed with the
+/// credentials of a source provider (`env`, `ecs-ram-role`, `uri`, `process`,
+/// `oidc-role-arn`, `demo`).
+///
+/// The source has a ``Refresher`` of its own, so its credentials are cached and replaced
+/// on its own schedule (prefetch before its expiry, backoff on failure), not fetched again
+/// for every AssumeRole. It has no loop of its own: each AssumeRole asks it for credentials
+/// and it goes upstream only when it holds none that are valid or its schedule says a
+/// refresh is due. A long-lived `env` pair is therefore read once; an ECS role's
+/// credentials are fetched once per their own lifetime, however often AssumeRole runs.
+/// When STS says the signing key or token is not (or no longer) valid, the source is
+/// refreshed before the next AssumeRole.
+public final class RamRoleArnProvider: CredentialProvider {
+    public let name = "ram-role-arn"
+    public let roleArn: String
+    public let sessionName: String?
+    public let durationSeconds: Int
+    public let externalId: String?
+    public let policy: String?
+    public let endpoint: String
+    /// The source's own refresher (its cache, schedule and backoff).
+    public let source: Refresher
+    let http: HTTPFetcher
+    let now: @Sendable () -> Date
+    let nonce: @Sendable () -> String
+
+    public static let defaultDuration = 3600
+    public static let minimumDuration = 900
+
+    public init(
+        source: any CredentialProvider, roleArn: String, sessionName: String? = nil,
+        durationSeconds: Int = RamRoleArnProvider.defaultDuration, externalId: String? = nil,
+        policy: String? = nil, endpoint: String, http: HTTPFetcher = HTTPFetcher(timeouts: .standard),
+        logger: Logger = Logger(label: "credfs.source"),
+        now: @escaping @Sendable () -> Date = { Date() },
+        nonce: @escaping @Sendable () -> String = { UUID().uuidString }
+    ) {
+        var sourceLogger = logger
+        sourceLogger[metadataKey: "source"] = "\(source.name)"
+        self.source = Refresher(provider: source, logger: sourceLogger)
+        self.roleArn = roleArn
+        self.sessionName = sessionName.flatMap { $0.isEmpty ? nil : $0 }
+        self.durationSeconds = durationSeconds
+        self.externalId = externalId.flatMap { $0.isEmpty ? nil : $0 }
+        self.policy = policy.flatMap { $0.isEmpty ? nil : $0 }
+        self.endpoint = endpoint
+        self.http = http
+        self.now = now
+        self.nonce = nonce
+    }
+
+    /// Upstream requests the source has made so far (its refresher's count).
+    public var sourceRequests: Int { source.machine.upstreamRequests }
+
+    /// The source's credentials: the ones its refresher holds, refreshed first only when
+    /// it holds none that are valid or its own schedule says so.
+    func signingCredentials() async throws(CredentialError) -> Credentials {
+        if source.serving() == nil || source.machine.isDue(at: Date()) {
+            await source.refresh()
+        }
+        if let held = source.serving() { return held.credentials }
+        let why = source.machine.lastError ?? "no credentials"
+        throw CredentialError("source \(source.provider.name): \(why)")
+    }
+
+    /// The AssumeRole parameters, unsigned.
+    func parameters(signer: Credentials, time: Date) -> [(String, String)] {
+        var parameters: [(String, String)] = [
+            ("Action", "AssumeRole"), ("Format", "JSON"), ("Version", "2015-04-01"),
+            ("SignatureMethod", "HMAC-SHA1"), ("SignatureVersion", "1.0"), ("SignatureNonce", nonce()),
+            ("Timestamp", Timestamp.format(time)), ("AccessKeyId", signer.accessKeyId),
+            ("RoleArn", roleArn),
+            ("RoleSessionName", sessionName ?? "credfs-\(Int(time.timeIntervalSince1970))"),
+            ("DurationSeconds", String(durationSeconds)),
+        ]
+        if let token = signer.securityToken, !token.isEmpty { parameters.append(("SecurityToken", token)) }
+        if let externalId { parameters.append(("ExternalId", externalId)) }
+        if let policy { parameters.append(("Policy", policy)) }
+        return parameters
+    }
+
+    public func fetch() async throws -> Credentials {
+        let signer = try await signingCredentials()
+        let query = RPCSignature.signedQuery(
+            parameters(signer: signer, time: now()), secret: signer.accessKeySecret)
+        // The query carries the source's AccessKeyId and token: HTTPFetcher's errors name
+        // the URL without it.
+        let response: HTTPFetcher.Response
+        do {
+            response = try await http.send(
+                .GET, url: endpoint + "/?" + query, headers: [("Accept", "application/json")])
+        } catch {
+            throw CredentialError("STS AssumeRole: \(error.message)")
+        }
+        do {
+            return try STSAnswer.parse(
+                action: "AssumeRole", status: response.status, body: response.body, now: now())
+        } catch {
+            if Self.signerRejected(error.message) { source.requestRefresh() }
+            throw Self.redacting(signer, from: error)
+        }
+    }
+
+    /// A second guard: whatever STS quoted back, no part of the signing secret or token
+    /// reaches the log or `status`.
+    static func redacting(_ signer: Credentials, from error: CredentialError) -> CredentialError {
+        var message = error.message
+        for secret in [signer.accessKeySecret, signer.securityToken ?? ""] where secret.count >= 8 {
+            for form in [
+                secret, STSAnswer.percentEncode(secret), STSAnswer.percentEncode(STSAnswer.percentEncode(secret)),
+            ] {
+                message = message.replacingOccurrences(of: form, with: "(redacted)")
+            }
+            // A quote cut short by the length limit still starts with the secret's head.
+            message = message.replacingOccurrences(of: String(secret.prefix(8)), with: "(redacted)")
+        }
+        return message == error.message ? error : CredentialError(message)
+    }
+
+    /// STS refused the signing credentials themselves (revoked, expired, rotated): the
+    /// source should be asked again rather than its cached set reused.
+    static func signerRejected(_ message: String) -> Bool {
+        ["InvalidAccessKeyId", "InvalidSecurityToken", "SignatureDoesNotMatch"].contains {
+            message.contains($0)
+        }
+    }
+}

@@ -1,0 +1,69 @@
+import Foundation
+
+/// A credentials URI on 127.0.0.1 (`GET /credentials`, the flat
+/// `{"Code":"Success","AccessKeyId",…}` layout) on ``FakeHTTPServer``, with every fault of
+/// the chaos matrix. Hands out ``FakeGenerations`` (FakeCredentialServer's values), or one
+/// fixed set when it stands in as the source that signs AssumeRole.
+final class FakeURIServer: Sendable {
+    struct State {
+        var credentials: FakeGenerations
+        var chaos: Chaos?
+        /// Serve this set instead of the rotating generations.
+        var fixed: (id: String, secret: String, token: String, expiration: String)?
+        var requests = 0
+    }
+
+    let state: Locked<State>
+    let http: FakeHTTPServer
+
+    init(lifetime: TimeInterval = 3600) {
+        let state = Locked(State(credentials: FakeGenerations(lifetime: lifetime)))
+        self.state = state
+        http = FakeHTTPServer { request in Self.answer(request, state) }
+    }
+
+    func start() async throws { try await http.start() }
+    func stop() async { await http.stop() }
+    var url: String { http.baseURL + "/credentials" }
+    func set(_ change: (inout State) -> Void) { state.withLock { change(&$0) } }
+    func rotate() { state.withLock { $0.credentials.rotate() } }
+    var requests: Int { state.withLock { $0.requests } }
+
+    static func answer(_ request: FakeRequest, _ state: Locked<State>) -> FakeReply {
+        state.withLock { s -> FakeReply in
+            s.requests += 1
+            guard request.method == "GET", request.path == "/credentials" else {
+                return .respond(status: 404, body: #"{"Code":"NotFound","Message":"no such path"}"#)
+            }
+            let (id, secret, token, expiration) = s.fixed ?? s.credentials.current()
+            func body(
+                code: String = "Success", id: String = id, token: String = token, expiration: String = expiration,
+                pad: String = ""
+            ) -> String {
+                """
+                {"Code":"\(code)","AccessKeyId":"\(id)","AccessKeySecret":"\(secret)",\
+                "SecurityToken":"\(token)","Expiration":"\(expiration)"\
+                \(pad.isEmpty ? "" : ",\"Padding\":\"\(pad)\"")}
+                """
+            }
+            switch s.chaos {
+            case nil: return .respond(status: 200, body: body())
+            case .http500:
+                return .respond(status: 500, body: #"{"Code":"InternalError","Message":"fake URI is failing"}"#)
+            case .notJSON: return .respond(status: 200, body: "<html>not json</html>")
+            case .codeNotSuccess:
+                return .respond(status: 200, body: #"{"Code":"Failure","Message":"fake says no"}"#)
+            case .hang: return .hang
+            case .closedMidAnswer: return .closeMidAnswer(status: 200, body: body())
+            case .expired:
+                return .respond(
+                    status: 200, body: body(id: "STS.EXPIREDxxxxxxxxxx", expiration: "2020-01-01T00:00:00Z"))
+            case .emptySecurityToken:
+                return .respond(status: 200, body: body(id: "STS.NOTOKENxxxxxxxxxx", token: ""))
+            case .over64KiB:
+                return .respond(
+                    status: 200, body: body(id: "STS.HUGExxxxxxxxxxxxx", pad: String(repeating: "p", count: 70_000)))
+            }
+        }
+    }
+}
