@@ -5,28 +5,11 @@ import Testing
 /// and the loopback credentials URI.
 @Suite(.serialized, .timeLimit(.minutes(3)))
 struct ClientViewTests {
-    /// Runs `script` with /bin/sh, returning stdout.
+    /// Runs `script` with a shell (/bin/sh unless told), capturing its output.
     func shell(_ script: String, shell: String = "/bin/sh", environment: [String: String]? = nil)
         throws -> CommandResult
     {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: shell)
-        process.arguments = ["-c", script]
-        if let environment { process.environment = environment }
-        let dir = try TempDir()
-        defer { dir.remove() }
-        let out = dir.path + "/out"
-        let err = dir.path + "/err"
-        FileManager.default.createFile(atPath: out, contents: nil)
-        FileManager.default.createFile(atPath: err, contents: nil)
-        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
-        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
-        try process.run()
-        process.waitUntilExit()
-        return CommandResult(
-            status: process.terminationStatus,
-            stdout: (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
-            stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+        try runProcess(shell, ["-c", script], environment: environment)
     }
 
     @Test func shortLivedProcessGroupsNeverPairFieldsFromTwoGenerations() async throws {

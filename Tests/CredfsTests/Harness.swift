@@ -72,11 +72,18 @@ struct CommandResult {
 }
 
 func runCredfs(_ arguments: [String], environment: [String: String]? = nil) throws -> CommandResult {
+    try runProcess(Binary.credfs, arguments, environment: environment)
+}
+
+/// Runs a program to completion with stdin on /dev/null, capturing stdout and stderr in
+/// files, not pipes: a daemon started by `mount` inherits stderr and would hold a pipe open.
+func runProcess(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws
+    -> CommandResult
+{
     let process = Process()
-    process.executableURL = URL(fileURLWithPath: Binary.credfs)
+    process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
     if let environment { process.environment = environment }
-    // Files, not pipes: a daemon started by `mount` inherits stderr and would hold a pipe open.
     let dir = try TempDir()
     defer { dir.remove() }
     let out = dir.path + "/stdout"
@@ -212,21 +219,5 @@ final class Daemon {
 
 /// Runs `argv` as another user (setpriv, no supplementary groups).
 func runAs(uid: uid_t, gid: gid_t, _ argv: [String]) throws -> CommandResult {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-    process.arguments = ["--reuid=\(uid)", "--regid=\(gid)", "--clear-groups", "--"] + argv
-    let dir = try TempDir()
-    defer { dir.remove() }
-    let out = dir.path + "/out"
-    let err = dir.path + "/err"
-    FileManager.default.createFile(atPath: out, contents: nil)
-    FileManager.default.createFile(atPath: err, contents: nil)
-    process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
-    process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
-    try process.run()
-    process.waitUntilExit()
-    return CommandResult(
-        status: process.terminationStatus,
-        stdout: (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
-        stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+    try runProcess("/usr/bin/setpriv", ["--reuid=\(uid)", "--regid=\(gid)", "--clear-groups", "--"] + argv)
 }
