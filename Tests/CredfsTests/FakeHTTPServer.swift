@@ -178,3 +178,38 @@ final class Locked<Value: Sendable>: Sendable {
     init(_ value: Value) { mutex = Mutex(value) }
     func withLock<T>(_ body: (inout Value) -> T) -> T { mutex.withLock { body(&$0) } }
 }
+
+/// What a fake changes in a good answer to make a faulty one.
+struct AnswerOverrides {
+    var id: String?
+    var token: String?
+    var expiration: String?
+    var pad = ""
+}
+
+extension Chaos {
+    /// The reply of a fake that suffers this fault. `body` renders the fake's good answer
+    /// with `overrides` applied; `failure` is its HTTP 500 answer, `refusal` its
+    /// Code-not-Success body and `notJSON` its non-JSON body.
+    func reply(
+        failure: FakeReply, refusal: String, notJSON: String, body: (AnswerOverrides) -> String
+    ) -> FakeReply {
+        switch self {
+        case .http500: return failure
+        case .notJSON: return .respond(status: 200, body: notJSON)
+        case .codeNotSuccess: return .respond(status: 200, body: refusal)
+        case .hang: return .hang
+        case .closedMidAnswer: return .closeMidAnswer(status: 200, body: body(AnswerOverrides()))
+        case .expired:
+            return .respond(
+                status: 200,
+                body: body(AnswerOverrides(id: "STS.EXPIREDxxxxxxxxxx", expiration: "2020-01-01T00:00:00Z")))
+        case .emptySecurityToken:
+            return .respond(status: 200, body: body(AnswerOverrides(id: "STS.NOTOKENxxxxxxxxxx", token: "")))
+        case .over64KiB:
+            return .respond(
+                status: 200,
+                body: body(AnswerOverrides(id: "STS.HUGExxxxxxxxxxxxx", pad: String(repeating: "p", count: 70_000))))
+        }
+    }
+}

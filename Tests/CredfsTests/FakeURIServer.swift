@@ -46,23 +46,12 @@ final class FakeURIServer: Sendable {
                 \(pad.isEmpty ? "" : ",\"Padding\":\"\(pad)\"")}
                 """
             }
-            switch s.chaos {
-            case nil: return .respond(status: 200, body: body())
-            case .http500:
-                return .respond(status: 500, body: #"{"Code":"InternalError","Message":"fake URI is failing"}"#)
-            case .notJSON: return .respond(status: 200, body: "<html>not json</html>")
-            case .codeNotSuccess:
-                return .respond(status: 200, body: #"{"Code":"Failure","Message":"fake says no"}"#)
-            case .hang: return .hang
-            case .closedMidAnswer: return .closeMidAnswer(status: 200, body: body())
-            case .expired:
-                return .respond(
-                    status: 200, body: body(id: "STS.EXPIREDxxxxxxxxxx", expiration: "2020-01-01T00:00:00Z"))
-            case .emptySecurityToken:
-                return .respond(status: 200, body: body(id: "STS.NOTOKENxxxxxxxxxx", token: ""))
-            case .over64KiB:
-                return .respond(
-                    status: 200, body: body(id: "STS.HUGExxxxxxxxxxxxx", pad: String(repeating: "p", count: 70_000)))
+            guard let chaos = s.chaos else { return .respond(status: 200, body: body()) }
+            return chaos.reply(
+                failure: .respond(status: 500, body: #"{"Code":"InternalError","Message":"fake URI is failing"}"#),
+                refusal: #"{"Code":"Failure","Message":"fake says no"}"#, notJSON: "<html>not json</html>"
+            ) { o in
+                body(id: o.id ?? id, token: o.token ?? token, expiration: o.expiration ?? expiration, pad: o.pad)
             }
         }
     }
