@@ -88,6 +88,20 @@ public struct CredentialViews: Sendable {
         token = c.securityToken.map { Array($0.utf8) }
         expiration = Render.expirationFile(c)
     }
+
+    /// The bytes of `view`; nil when these credentials have none (or for `status`).
+    public func bytes(of view: CredentialView) -> [UInt8]? {
+        switch view {
+        case .credentials: credentials
+        case .accessKeyId: accessKeyId
+        case .accessKeySecret: accessKeySecret
+        case .token: token
+        case .expiration: expiration
+        case .env: env
+        case .configJSON: configJSON
+        case .status: nil
+        }
+    }
 }
 
 extension Render {
