@@ -60,6 +60,7 @@ public final class CredentialViewSource: Sendable {
     /// Peeks of credential views wait too (kernel-cache mode decides at lookup).
     let pendingAtPeek: Bool
     private let current = Mutex<RenderedGeneration?>(nil)
+    private let servingFacts = Mutex<(@Sendable () -> ServingFacts)?>(nil)
     /// Process group → the generation its field reads are pinned to.
     public let pins: GenerationPins
 
@@ -111,7 +112,14 @@ public final class CredentialViewSource: Sendable {
     }
 
     public func status() -> StatusSnapshot {
-        refresher.status(mountedAt: mountedAt, version: version)
+        var snapshot = refresher.status(mountedAt: mountedAt, version: version)
+        snapshot.serving = servingFacts.withLock { $0 }?()
+        return snapshot
+    }
+
+    /// Where `status` learns how reads are served (set once the mount exists).
+    public func reportServing(_ facts: @escaping @Sendable () -> ServingFacts) {
+        servingFacts.withLock { $0 = facts }
     }
 
     func statusContent() -> ViewContent {

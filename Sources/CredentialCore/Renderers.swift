@@ -48,7 +48,7 @@ public enum Render {
         func str(_ v: String?) -> String { v.map(jsonString) ?? "null" }
         func time(_ v: Date?) -> String { str(v.map(Timestamp.format)) }
         func int(_ v: Int?) -> String { v.map(String.init) ?? "null" }
-        let fields: [(String, String)] = [
+        var fields: [(String, String)] = [
             ("state", str(s.state.rawValue)),
             ("provider", str(s.provider)),
             ("generation", int(s.generation)),
@@ -63,6 +63,12 @@ public enum Render {
             ("mountedAt", time(s.mountedAt)),
             ("version", str(s.version)),
         ]
+        if let serving = s.serving {
+            fields += [
+                ("mode", str(serving.mode)), ("parkedRequests", int(serving.parkedRequests)),
+                ("openRequests", int(serving.openRequests)),
+            ]
+        }
         let body = fields.map { "  \(jsonString($0.0)): \($0.1)" }.joined(separator: ",\n")
         return Array(("{\n" + body + "\n}\n").utf8)
     }

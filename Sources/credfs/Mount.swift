@@ -184,6 +184,12 @@ struct Mount: AsyncParsableCommand {
                 views: views, secretMode: mode.value, uid: uid?.value ?? getuid(), gid: gid?.value ?? getgid(),
                 mountedAt: mountedAt, kernelCache: kernelCache),
             mountpoint: path, options: options)
+        let kernelCacheMode = kernelCache
+        views.reportServing { [fs] in
+            ServingFacts(
+                mode: kernelCacheMode ? "kernel-cache" : "default", parkedRequests: fs.parkedCount,
+                openRequests: fs.requestCounts.open)
+        }
         // Listen before mounting: a busy port must not leave a mount behind.
         var uriServer: CredentialsURIServer?
         if let serveUri {
