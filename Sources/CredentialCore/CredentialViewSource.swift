@@ -57,8 +57,6 @@ public final class CredentialViewSource: Sendable {
     let version: String
     let region: String
     let clock: any RefreshClock
-    /// Peeks of credential views wait too (kernel-cache mode decides at lookup).
-    let pendingAtPeek: Bool
     private let current = Mutex<RenderedGeneration?>(nil)
     private let servingFacts = Mutex<(@Sendable () -> ServingFacts)?>(nil)
     /// Process group → the generation its field reads are pinned to.
@@ -67,7 +65,7 @@ public final class CredentialViewSource: Sendable {
     public init(
         refresher: Refresher, initialWait: TimeInterval, mountedAt: Date, version: String,
         region: String = "cn-hangzhou", clock: any RefreshClock = SystemRefreshClock(),
-        pins: GenerationPins = GenerationPins(), pendingAtPeek: Bool = false
+        pins: GenerationPins = GenerationPins()
     ) {
         self.refresher = refresher
         self.initialWait = .milliseconds(Int64(min(max(initialWait, 0), 86_400) * 1000))
@@ -76,17 +74,13 @@ public final class CredentialViewSource: Sendable {
         self.region = region
         self.clock = clock
         self.pins = pins
-        self.pendingAtPeek = pendingAtPeek
     }
 
     /// The current content, for `stat` and directory listings: never waits. While no valid
     /// credentials are held the credential views are present and empty (an open then fails).
     public func peek(_ view: CredentialView) -> ViewContent {
         if view == .status { return statusContent() }
-        guard let published = refresher.serving() else {
-            if pendingAtPeek { return unavailable() }
-            return .bytes([], mtime: mountedAt)
-        }
+        guard let published = refresher.serving() else { return .bytes([], mtime: mountedAt) }
         return content(view, of: rendered(published))
     }
 

@@ -49,6 +49,10 @@ enum FuseOps {
         userdata, conn in
         guard let userdata, let conn else { return }
         let fs = Unmanaged<FuseFileSystem>.fromOpaque(userdata).takeUnretainedValue()
+        // Lookups in the root run in parallel: without this the kernel serializes them, and
+        // one parked lookup would hold every other name in the directory.
+        let parallel = UInt32(FUSE_CAP_PARALLEL_DIROPS)
+        if conn.pointee.capable & parallel != 0 { conn.pointee.want |= parallel }
         let noOpen = UInt32(FUSE_CAP_NO_OPEN_SUPPORT)
         if fs.options.kernelCache, conn.pointee.capable & noOpen != 0 {
             conn.pointee.want |= noOpen
@@ -103,12 +107,17 @@ enum FuseOps {
                 var entry = fuse_entry_param()
                 entry.ino = node.inode
                 entry.attr = fs.attributes(of: node)
-                entry.attr_timeout = FuseFileSystem.versionedTimeout
-                entry.entry_timeout = FuseFileSystem.versionedTimeout
+                entry.attr_timeout = file.cacheTimeout
+                entry.entry_timeout = file.cacheTimeout
                 if fuse_reply_entry(req, &entry) != 0 {
                     // The kernel did not take the reference.
                     fs.versions.forget(node.inode, count: 1)
                 }
+                return
+            case .bytes where file.caching == .versioned && fs.opensBypassDaemon && fs.opensEnded:
+                // No OPEN will come to refuse it, and only versioned inodes can be read
+                // without one: nothing valid to serve.
+                _ = fuse_reply_err(req, EIO)
                 return
             case .bytes, .failure:
                 break
@@ -158,7 +167,7 @@ enum FuseOps {
                     return
                 }
                 var st = fs.attributes(of: node)
-                _ = fuse_reply_attr(req, &st, FuseFileSystem.versionedTimeout)
+                _ = fuse_reply_attr(req, &st, fs.tree.files[node.fileIndex].cacheTimeout)
                 return
             }
             var (st, exists) = fs.attributes(inode: inode)
@@ -188,8 +197,14 @@ enum FuseOps {
                 _ = fuse_reply_err(req, EROFS)
                 return
             }
-            if fs.opensBypassDaemon {
-                // FUSE_CAP_NO_OPEN_SUPPORT: this answer tells the kernel to stop sending OPEN.
+            if fs.opensBypassDaemon, let node = fs.versions.node(inode),
+                case .bytes(_, _, let current) = fs.tree.files[node.fileIndex].peek(), current == node.version,
+                fs.everyFileVersioned
+            {
+                // FUSE_CAP_NO_OPEN_SUPPORT: this answer opens the file and tells the kernel to
+                // stop sending OPEN, for every file. Only once every file has versioned content:
+                // until then opens still come here and wait (parked) as in the default mode.
+                fs.opensEndedFlag.store(true, ordering: .relaxed)
                 _ = fuse_reply_err(req, ENOSYS)
                 return
             }
@@ -279,7 +294,7 @@ enum FuseOps {
                     } else if let node = fs.versions.node(inode) {
                         bytes = node.bytes
                     } else {
-                        _ = fuse_reply_err(req, EBADF)
+                        _ = fuse_reply_err(req, fs.opensEnded ? EIO : EBADF)
                         return
                     }
                     guard offset >= 0 else {

@@ -47,6 +47,10 @@ public struct VirtualFile: Sendable {
 
     public let name: String
     public let caching: Caching
+    /// How long the kernel may keep a versioned inode's name and attributes without asking
+    /// again, in seconds: a day for content that changes only with a new version (the name
+    /// is invalidated then), a second for content versioned by time.
+    public let cacheTimeout: Double
     /// Permission bits (`0o400`).
     public let permissions: mode_t
     public let uid: uid_t
@@ -59,11 +63,12 @@ public struct VirtualFile: Sendable {
 
     public init(
         name: String, permissions: mode_t, uid: uid_t = getuid(), gid: gid_t = getgid(),
-        caching: Caching = .perOpen,
+        caching: Caching = .perOpen, cacheTimeout: Double = 86_400,
         peek: @escaping @Sendable () -> Content, open: @escaping @Sendable (Caller) -> Content
     ) {
         self.name = name
         self.caching = caching
+        self.cacheTimeout = cacheTimeout.isFinite ? min(max(cacheTimeout, 0), 86_400) : 0
         self.permissions = permissions
         self.uid = uid
         self.gid = gid
