@@ -219,4 +219,3 @@ struct ClientViewTests {
         #expect(try code("") == "200")
     }
 }
-

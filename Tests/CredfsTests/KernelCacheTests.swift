@@ -6,7 +6,8 @@ import Testing
 @Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
 struct KernelCacheTests {
     func generation(_ read: PosixRead) -> Int? {
-        guard let text = read.text, let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: String],
+        guard let text = read.text,
+            let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: String],
             let id = object["AccessKeyId"]
         else { return nil }
         return FakeCredentialServer.generation(of: id)

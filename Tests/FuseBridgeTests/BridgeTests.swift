@@ -123,7 +123,8 @@ struct BridgeMountTests {
         let file = Versioned()
         let (fs, dir) = try mount([
             VirtualFile(
-                name: "data", permissions: 0o444, caching: .versioned, peek: { file.content }, open: { _ in file.content })
+                name: "data", permissions: 0o444, caching: .versioned, peek: { file.content },
+                open: { _ in file.content })
         ])
         for version in 1...5 {
             file.set(UInt64(version), "version \(version)")
@@ -155,7 +156,9 @@ struct BridgeMountTests {
             seekdir(stream, offset)
             var out: [String] = []
             while let entry = readdir(stream) {
-                out.append(withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) })
+                out.append(
+                    withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                )
             }
             return out
         }
