@@ -100,6 +100,17 @@ public final class CredentialViewSource: Sendable {
         return content(view, of: pins.generation(for: reader, current: generation, pin: view.startsPin, now: now))
     }
 
+    /// What a lookup by `reader` finds: its pinned generation while the pin holds, else what
+    /// ``peek(_:)`` finds. Never creates a pin (only opens do).
+    public func lookup(_ view: CredentialView, reader: GenerationPins.Reader?) -> ViewContent {
+        guard view.isField, let reader, let published = refresher.serving() else { return peek(view) }
+        let current = rendered(published)
+        guard let pinned = pins.pinned(reader, now: clock.now()),
+            pinned.published.generation != current.published.generation
+        else { return content(view, of: current) }
+        return content(view, of: pinned)
+    }
+
     /// Nothing valid to serve: wait while nothing was ever published, else fail.
     func unavailable() -> ViewContent {
         refresher.hasPublished ? .unavailable : .pending(timeout: initialWait)
@@ -188,6 +199,16 @@ public final class GenerationPins: Sendable {
     }
 
     public var count: Int { table.withLock { $0.pins.count } }
+
+    /// The reader's pin while fresh and valid; nil otherwise. Changes nothing.
+    public func pinned(_ reader: Reader, now: Date) -> RenderedGeneration? {
+        table.withLock { table in
+            guard let held = table.pins[reader], now.timeIntervalSince(held.pinnedAt) < window,
+                held.generation.published.credentials.isValid(at: now)
+            else { return nil }
+            return held.generation
+        }
+    }
 
     /// The generation `reader` reads now: its pin while fresh and valid, else `current`
     /// (which becomes its new pin when `pin` is true).

@@ -295,8 +295,8 @@ public final class FuseFileSystem: Sendable {
         case .open(let inode, var info, let caller):
             FuseOps.answerOpen(
                 entry.request, fs: self, inode: inode, info: &info, caller: caller, deadline: entry.deadline)
-        case .lookup(let name):
-            FuseOps.answerLookup(entry.request, fs: self, name: name, deadline: entry.deadline)
+        case .lookup(let name, let caller):
+            FuseOps.answerLookup(entry.request, fs: self, name: name, caller: caller, deadline: entry.deadline)
         }
     }
 

@@ -313,7 +313,14 @@ enum Tree {
         kernelCache: Bool, clock: any RefreshClock = SystemRefreshClock()
     ) -> VirtualDirectory {
         let files = CredentialView.allCases.map { view in
-            VirtualFile(
+            let peek: @Sendable () -> VirtualFile.Content = {
+                let content = convert(views.peek(view))
+                guard view == .status, kernelCache, case .bytes(let bytes, let mtime, _) = content else {
+                    return content
+                }
+                return .bytes(bytes, mtime: mtime, version: statusVersion(clock.now()))
+            }
+            return VirtualFile(
                 name: view.rawValue,
                 permissions: view.isSecret ? secretMode : 0o444,
                 uid: view.isSecret ? uid : getuid(),
@@ -324,19 +331,25 @@ enum Tree {
                 // looks up again after a second.
                 caching: view == .status && !kernelCache ? .perOpen : .versioned,
                 cacheTimeout: view == .status ? 1 : 86_400,
-                peek: {
-                    let content = convert(views.peek(view))
-                    guard view == .status, kernelCache, case .bytes(let bytes, let mtime, _) = content else {
-                        return content
-                    }
-                    return .bytes(bytes, mtime: mtime, version: statusVersion(clock.now()))
-                },
+                peek: peek,
+                // A reader held to an older generation finds that generation's own inode, so
+                // its bytes never reach the current inode's page cache.
+                lookup: view.isField && !kernelCache ? lookup(view, views) : nil,
                 open: { caller in
+                    // status in kernel-cache mode is versioned by the second, as peek says.
+                    if view == .status, kernelCache { return peek() }
                     // Only field reads are pinned: the other views need no process group.
-                    convert(views.open(view, reader: view.isField && !kernelCache ? reader(caller) : nil))
+                    return convert(views.open(view, reader: view.isField && !kernelCache ? reader(caller) : nil))
                 })
         }
         return VirtualDirectory(files: files, permissions: 0o555, uid: uid, gid: gid, mtime: mountedAt)
+    }
+
+    /// Field lookups per reader: a pinned group finds its pinned generation.
+    static func lookup(_ view: CredentialView, _ views: CredentialViewSource)
+        -> @Sendable (Caller) -> VirtualFile.Content
+    {
+        { caller in convert(views.lookup(view, reader: reader(caller))) }
     }
 
     /// The reader's process group, as pins know it; nil for a pid this daemon cannot see

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 
 /// `--kernel-cache` (issue 12): opens never reach the daemon, and the guarantees that do
@@ -99,12 +100,16 @@ struct KernelCacheTests {
         ])
         defer { daemon.stop() }
         let path = daemon.path("credentials")
-        let reader = Task.detached { readFile(path) }
+        // A thread of its own: the blocking read must not wait for a cooperative thread.
+        let result = Mutex<PosixRead?>(nil)
+        let thread = Thread { result.withLock { $0 = readFile(path) } }
+        thread.start()
         try waitUntil("a parked open") { daemon.parkedOpens() >= 1 }
         #expect(try daemon.state() == "pending")
         server.setBehaviour(.serve)
         daemon.signal(SIGHUP)
-        let read = await reader.value
+        try waitUntil("the waiting read", timeout: 30) { result.withLock { $0 != nil } }
+        let read = try #require(result.withLock { $0 })
         #expect(generation(read) == 1, "errno \(read.error)")
     }
 }
