@@ -115,7 +115,7 @@ struct ProcessProviderTests {
     }
 
     @Test func aCommandThatHangsIsKilledAtTheTimeout() async throws {
-        let helper = try Helper(body: "#!/bin/sh\nsleep 30 &\nwait\n")
+        let helper = try Helper(body: "#!/bin/sh\nsleep 30.123 &\nwait\n")
         defer { helper.dir.remove() }
         let started = Date()
         do {
@@ -126,8 +126,8 @@ struct ProcessProviderTests {
         }
         let took = Date().timeIntervalSince(started)
         #expect(took < 2, "took \(took) s")
-        // The whole process group went: no `sleep 30` left behind holding the pipe.
-        let left = try runPgrep("sleep 30")
+        // The whole process group went: no `sleep 30.123` left behind holding the pipe.
+        let left = try runPgrep("sleep 30.123")
         #expect(left.isEmpty, "left behind: \(left)")
     }
 
