@@ -21,13 +21,16 @@ let package = Package(
             pkgConfig: "fuse3",
             providers: [.apt(["libfuse3-dev"])]
         ),
+        .systemLibrary(name: "CPosix"),
+        .target(name: "Posix", dependencies: ["CPosix"]),
         .target(
             name: "FuseBridge",
-            dependencies: ["CFuse3"]
+            dependencies: ["CFuse3", "Posix"]
         ),
         .target(
             name: "CredentialCore",
             dependencies: [
+                "Posix",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -42,6 +45,7 @@ let package = Package(
                 "FuseBridge",
                 "CredentialCore",
                 "CFuse3",
+                "Posix",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Where STS is (SPEC section 3): `--sts-endpoint`, else
 /// `sts[-vpc].<$ALIBABA_CLOUD_STS_REGION>.aliyuncs.com` (`-vpc` with
@@ -84,21 +85,7 @@ public enum STSAnswer {
 
     /// `application/x-www-form-urlencoded` / RPC query encoding: RFC 3986 unreserved
     /// characters stay, everything else is %XX (space as %20).
-    public static func percentEncode(_ text: String) -> String {
-        var out = ""
-        for byte in text.utf8 {
-            switch byte {
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
-                UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "_"),
-                UInt8(ascii: "."),
-                UInt8(ascii: "~"):
-                out.append(Character(UnicodeScalar(byte)))
-            default:
-                out += String(format: "%%%02X", byte)
-            }
-        }
-        return out
-    }
+    public static func percentEncode(_ text: String) -> String { Redact.percentEncode(text) }
 
     public static func encode(_ parameters: [(String, String)]) -> String {
         parameters.map { percentEncode($0.0) + "=" + percentEncode($0.1) }.joined(separator: "&")
@@ -119,9 +106,13 @@ public struct OIDCProvider: CredentialProvider {
     public let endpoint: String
     let http: HTTPFetcher
     let now: @Sendable () -> Date
+    /// The token last read: an STS error may quote it.
+    let lastToken = TokenBox()
 
     public static let defaultDuration = 3600
     public static let minimumDuration = 900
+
+    public var secrets: [String] { lastToken.value.withLock { $0.map { [$0] } ?? [] } }
 
     public init(
         roleArn: String, oidcProviderArn: String, tokenFile: String, sessionName: String? = nil,
@@ -156,6 +147,7 @@ public struct OIDCProvider: CredentialProvider {
 
     public func fetch() async throws -> Credentials {
         let token = try Self.readToken(tokenFile)
+        lastToken.value.withLock { $0 = token }
         let time = now()
         let query: [(String, String)] = [
             ("Action", "AssumeRoleWithOIDC"), ("Format", "JSON"), ("Version", "2015-04-01"),
@@ -185,4 +177,9 @@ public struct OIDCProvider: CredentialProvider {
         guard !token.isEmpty else { throw CredentialError("the OIDC token file \(path) is empty") }
         return token
     }
+}
+
+/// A secret held for redaction only.
+final class TokenBox: Sendable {
+    let value = Mutex<String?>(nil)
 }

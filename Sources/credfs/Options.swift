@@ -96,8 +96,8 @@ struct ProviderOptions: ParsableArguments {
 
     func validate() throws {
         if let uri { _ = try Self.checkedURI(uri, flag: "--uri") }
-        guard demoLifetime >= 2 else {
-            throw ValidationError("--demo-lifetime must be at least 2 seconds")
+        guard (2...86_400).contains(demoLifetime) else {
+            throw ValidationError("--demo-lifetime must be between 2 and 86400 seconds")
         }
         if provider == .uri, resolvedURI == nil {
             throw ValidationError("--provider uri needs --uri or ALIBABA_CLOUD_CREDENTIALS_URI")
@@ -200,7 +200,12 @@ struct ProviderOptions: ParsableArguments {
     var resolvedOIDCProviderArn: String? {
         resolved(oidcProviderArn, "ALIBABA_CLOUD_OIDC_PROVIDER_ARN")
     }
-    var resolvedOIDCTokenFile: String? { resolved(oidcTokenFile, "ALIBABA_CLOUD_OIDC_TOKEN_FILE") }
+    /// Absolute: a background daemon leaves the caller's working directory.
+    var resolvedOIDCTokenFile: String? {
+        resolved(oidcTokenFile, "ALIBABA_CLOUD_OIDC_TOKEN_FILE").map {
+            $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0
+        }
+    }
 
     static func checkedURI(_ text: String, flag: String) throws -> String {
         guard let url = URLComponents(string: text), let scheme = url.scheme?.lowercased(),
@@ -282,29 +287,47 @@ extension ProviderOptions {
     }
 }
 
-/// A duration flag: `90`, `90s`, `15m` or `1h`.
+/// A duration flag: `90`, `90s`, `15m` or `1h`; shown in `--help` as written.
 struct Seconds: ExpressibleByArgument {
     var value: TimeInterval
+    var text: String
 
     init?(argument: String) {
         let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600]
-        var text = argument
+        var number = argument
         var scale = 1.0
-        if let last = text.last, let unit = units[last] {
+        if let last = number.last, let unit = units[last] {
             scale = unit
-            text.removeLast()
+            number.removeLast()
         }
-        guard let number = Double(text), number.isFinite, number >= 0 else { return nil }
-        value = number * scale
+        guard let value = Double(number), value.isFinite, value >= 0, (value * scale).isFinite else { return nil }
+        self.value = value * scale
+        self.text = argument
     }
+
+    var defaultValueDescription: String { text }
 }
 
-/// Octal permission bits, `0400` or `440`.
+/// Octal permission bits, `0400` or `440`; shown in `--help` as written.
 struct Octal: ExpressibleByArgument {
     var value: mode_t
+    var text: String
     init?(argument: String) {
-        guard let bits = UInt32(argument, radix: 8), bits <= 0o777 else { return nil }
+        guard !argument.isEmpty, argument.utf8.count <= 6, let bits = UInt32(argument, radix: 8), bits <= 0o777
+        else { return nil }
         value = mode_t(bits)
+        text = argument
+    }
+
+    var defaultValueDescription: String { text }
+}
+
+/// A user or group id: 0 to 4294967294 (4294967295 means "no id" to the kernel).
+struct OwnerID: ExpressibleByArgument {
+    var value: UInt32
+    init?(argument: String) {
+        guard let id = UInt32(argument), id != UInt32.max else { return nil }
+        value = id
     }
 }
 

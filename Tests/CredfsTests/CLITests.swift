@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 
-@Suite(.serialized, .timeLimit(.minutes(2)))
+@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
 struct CLITests {
     @Test(arguments: [
         ["mount", "/tmp/credfs-never", "--bogus"],
@@ -15,7 +15,7 @@ struct CLITests {
         ["frobnicate"],
     ])
     func badArgumentsExit64WithOneLine(arguments: [String]) throws {
-        var environment = ProcessInfo.processInfo.environment
+        var environment = Host.hermeticEnvironment
         environment["ALIBABA_CLOUD_CREDENTIALS_URI"] = nil
         let result = try runCredfs(arguments, environment: environment)
         #expect(result.status == 64)
@@ -27,7 +27,7 @@ struct CLITests {
     }
 
     @Test func uriProviderWithoutURIExit64() throws {
-        var environment = ProcessInfo.processInfo.environment
+        var environment = Host.hermeticEnvironment
         environment["ALIBABA_CLOUD_CREDENTIALS_URI"] = nil
         let result = try runCredfs(
             ["mount", "/tmp/credfs-never", "--provider", "uri"], environment: environment)

@@ -4,7 +4,7 @@ import Testing
 @testable import CredentialCore
 
 /// `process`: a helper program on disk, run as argv without a shell.
-@Suite(.serialized, .timeLimit(.minutes(2)))
+@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
 struct ProcessProviderTests {
     /// A helper that prints generation `$(cat counter)` in the External layout and records its argv.
     struct Helper {
