@@ -1,7 +1,8 @@
 // libFuzzer target for the answer parser, the timestamp parser and the renderers
 // (issue 10). Not part of the package: scripts/fuzz compiles it with
 //   swiftc -sanitize=fuzzer,address -parse-as-library -module-name CredentialCore \
-//     Tests/fuzz/parser_fuzzer.swift Sources/CredentialCore/{Credentials,AnswerParser,Renderers,RefreshMachine}.swift
+//     Tests/fuzz/parser_fuzzer.swift Sources/CredentialCore/{Credentials,AnswerParser,Renderers,RefreshMachine}.swift \
+//     CredentialView.swift   (the CredentialView enum, cut out of CredentialViewSource.swift)
 // and runs it on Tests/fuzz/corpus. Each input is tried as a timestamp, as an epoch
 // number and as a credentials-URI answer; an accepted answer must hold only bytes
 // 0x21-0x7E, expire in 1970...9999 after now, and render into `credentials`,
