@@ -50,7 +50,7 @@ import Testing
                 + (Self.knownBugs.isEmpty ? [] : ["--without", Self.knownBugs.joined(separator: ",")]))
         print(run.stdout, terminator: "")
         let calls = run.stderr.split(separator: "\n").filter { $0.hasPrefix("fuse-fuzz: calls by kind") }
-        calls.forEach { print($0) }
+        for line in calls { print(line) }
         #expect(run.status == 0, "\(run.stdout)\n\(run.stderr.suffix(4000))")
         #expect(run.stdout.contains("daemon alive: ok"))
 
