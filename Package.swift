@@ -53,6 +53,10 @@ let package = Package(
             ]
         ),
         .testTarget(
+            name: "FuseBridgeTests",
+            dependencies: ["FuseBridge"]
+        ),
+        .testTarget(
             name: "CredentialCoreTests",
             dependencies: ["CredentialCore"]
         ),

@@ -57,8 +57,6 @@ public final class CredentialViewSource: Sendable {
     let version: String
     let region: String
     let clock: any RefreshClock
-    /// Peeks of credential views wait too (kernel-cache mode decides at lookup).
-    let pendingAtPeek: Bool
     private let current = Mutex<RenderedGeneration?>(nil)
     private let servingFacts = Mutex<(@Sendable () -> ServingFacts)?>(nil)
     /// Process group → the generation its field reads are pinned to.
@@ -67,7 +65,7 @@ public final class CredentialViewSource: Sendable {
     public init(
         refresher: Refresher, initialWait: TimeInterval, mountedAt: Date, version: String,
         region: String = "cn-hangzhou", clock: any RefreshClock = SystemRefreshClock(),
-        pins: GenerationPins = GenerationPins(), pendingAtPeek: Bool = false
+        pins: GenerationPins = GenerationPins()
     ) {
         self.refresher = refresher
         self.initialWait = .milliseconds(Int64(min(max(initialWait, 0), 86_400) * 1000))
@@ -76,17 +74,13 @@ public final class CredentialViewSource: Sendable {
         self.region = region
         self.clock = clock
         self.pins = pins
-        self.pendingAtPeek = pendingAtPeek
     }
 
     /// The current content, for `stat` and directory listings: never waits. While no valid
     /// credentials are held the credential views are present and empty (an open then fails).
     public func peek(_ view: CredentialView) -> ViewContent {
         if view == .status { return statusContent() }
-        guard let published = refresher.serving() else {
-            if pendingAtPeek { return unavailable() }
-            return .bytes([], mtime: mountedAt)
-        }
+        guard let published = refresher.serving() else { return .bytes([], mtime: mountedAt) }
         return content(view, of: rendered(published))
     }
 
@@ -104,6 +98,17 @@ public final class CredentialViewSource: Sendable {
         let generation = rendered(published)
         guard view.isField, let reader else { return content(view, of: generation) }
         return content(view, of: pins.generation(for: reader, current: generation, pin: view.startsPin, now: now))
+    }
+
+    /// What a lookup by `reader` finds: its pinned generation while the pin holds, else what
+    /// ``peek(_:)`` finds. Never creates a pin (only opens do).
+    public func lookup(_ view: CredentialView, reader: GenerationPins.Reader?) -> ViewContent {
+        guard view.isField, let reader, let published = refresher.serving() else { return peek(view) }
+        let current = rendered(published)
+        guard let pinned = pins.pinned(reader, now: clock.now()),
+            pinned.published.generation != current.published.generation
+        else { return content(view, of: current) }
+        return content(view, of: pinned)
     }
 
     /// Nothing valid to serve: wait while nothing was ever published, else fail.
@@ -194,6 +199,16 @@ public final class GenerationPins: Sendable {
     }
 
     public var count: Int { table.withLock { $0.pins.count } }
+
+    /// The reader's pin while fresh and valid; nil otherwise. Changes nothing.
+    public func pinned(_ reader: Reader, now: Date) -> RenderedGeneration? {
+        table.withLock { table in
+            guard let held = table.pins[reader], now.timeIntervalSince(held.pinnedAt) < window,
+                held.generation.published.credentials.isValid(at: now)
+            else { return nil }
+            return held.generation
+        }
+    }
 
     /// The generation `reader` reads now: its pin while fresh and valid, else `current`
     /// (which becomes its new pin when `pin` is true).

@@ -178,6 +178,9 @@ enum ChildProcess {
         let deadline = ContinuousClock.now.advanced(by: .milliseconds(Int64(min(max(timeout, 0), 86_400) * 1000)))
         var open: [Int32] = [out.read, err.read]
         var buffer = [UInt8](repeating: 0, count: 16384)
+        // Read until both pipes close or the helper has exited (a child it left in the
+        // background may hold the pipes open: it is killed below, not waited for).
+        var exited = false
         while !open.isEmpty {
             let remaining = deadline - ContinuousClock.now
             if remaining <= .zero {
@@ -186,8 +189,12 @@ enum ChildProcess {
             }
             let ms = Int32(clamping: remaining.components.seconds * 1000 + 1)
             var fds = open.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-            let ready = poll(&fds, nfds_t(fds.count), min(ms, 60_000))
-            if ready <= 0 { continue }
+            let ready = poll(&fds, nfds_t(fds.count), exited ? 0 : min(ms, 50))
+            if ready <= 0 {
+                if exited { break }
+                exited = Spawn.hasExited(pid)
+                continue
+            }
             for entry in fds where entry.revents != 0 {
                 let n = read(entry.fd, &buffer, buffer.count)
                 if n <= 0 {

@@ -68,6 +68,8 @@ public final class FuseFileSystem: Sendable {
     let counters = Mutex(RequestCounts())
     /// Set by the init callback: the kernel agreed to stop sending OPEN.
     let noOpen = Atomic<Bool>(false)
+    /// Set once an OPEN was answered ENOSYS: the kernel sends no more OPENs.
+    let opensEndedFlag = Atomic<Bool>(false)
 
     private struct State: @unchecked Sendable {
         var session: OpaquePointer?
@@ -88,8 +90,21 @@ public final class FuseFileSystem: Sendable {
     public var parkedCount: Int { parking.count }
     /// What the kernel has asked so far.
     public var requestCounts: RequestCounts { counters.withLock { $0 } }
-    /// True once the kernel stopped sending OPEN (``MountOptions/kernelCache``).
+    /// True when the kernel agreed it may stop sending OPEN (``MountOptions/kernelCache``).
     public var opensBypassDaemon: Bool { noOpen.load(ordering: .relaxed) }
+    /// True once it has stopped: opens no longer reach the daemon.
+    public var opensEnded: Bool { opensEndedFlag.load(ordering: .relaxed) }
+
+    /// Every file holds versioned content now (or is absent): opens may end.
+    var everyFileVersioned: Bool {
+        tree.files.allSatisfy { file in
+            switch file.peek() {
+            case .absent: true
+            case .bytes(_, _, let version): file.caching == .versioned && version != 0
+            case .failure, .pending: false
+            }
+        }
+    }
 
     public init(tree: VirtualDirectory, mountpoint: String, options: MountOptions = MountOptions()) {
         self.tree = tree
@@ -197,18 +212,18 @@ public final class FuseFileSystem: Sendable {
     }
 
     /// Drops what the kernel caches for the named files (data and attributes). Call it
-    /// after their content changed, and never from inside a request handler.
+    /// after their content changed, after ``wake()``, and never from inside a request
+    /// handler: an entry invalidation waits for lookups in progress (a parked one too).
     public func invalidate(_ names: [String]) {
-        state.withLock { s in
-            guard let se = s.session, s.running, !s.detached else { return }
-            for name in names {
-                guard let index = tree.index(named: name) else { continue }
-                // The unversioned inode may hold data from a pending period, too.
-                _ = fuse_lowlevel_notify_inval_inode(se, tree.inode(of: index), 0, 0)
-                if tree.files[index].caching == .versioned {
-                    _ = fuse_lowlevel_notify_inval_entry(
-                        se, VirtualDirectory.rootInode, name, name.utf8.count)
-                }
+        // Not under the lock: the kernel may hold an entry invalidation until a lookup in
+        // progress in the directory is answered.
+        guard let se = state.withLock({ $0.running && !$0.detached ? $0.session : nil }) else { return }
+        for name in names {
+            guard let index = tree.index(named: name) else { continue }
+            // The unversioned inode may hold data from a pending period, too.
+            _ = fuse_lowlevel_notify_inval_inode(se, tree.inode(of: index), 0, 0)
+            if tree.files[index].caching == .versioned {
+                _ = fuse_lowlevel_notify_inval_entry(se, VirtualDirectory.rootInode, name, name.utf8.count)
             }
         }
     }
@@ -280,8 +295,8 @@ public final class FuseFileSystem: Sendable {
         case .open(let inode, var info, let caller):
             FuseOps.answerOpen(
                 entry.request, fs: self, inode: inode, info: &info, caller: caller, deadline: entry.deadline)
-        case .lookup(let name):
-            FuseOps.answerLookup(entry.request, fs: self, name: name, deadline: entry.deadline)
+        case .lookup(let name, let caller):
+            FuseOps.answerLookup(entry.request, fs: self, name: name, caller: caller, deadline: entry.deadline)
         }
     }
 

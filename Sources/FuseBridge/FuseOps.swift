@@ -49,6 +49,10 @@ enum FuseOps {
         userdata, conn in
         guard let userdata, let conn else { return }
         let fs = Unmanaged<FuseFileSystem>.fromOpaque(userdata).takeUnretainedValue()
+        // Lookups in the root run in parallel: without this the kernel serializes them, and
+        // one parked lookup would hold every other name in the directory.
+        let parallel = UInt32(FUSE_CAP_PARALLEL_DIROPS)
+        if conn.pointee.capable & parallel != 0 { conn.pointee.want |= parallel }
         let noOpen = UInt32(FUSE_CAP_NO_OPEN_SUPPORT)
         if fs.options.kernelCache, conn.pointee.capable & noOpen != 0 {
             conn.pointee.want |= noOpen
@@ -71,12 +75,14 @@ enum FuseOps {
             let bytes = Array(UnsafeBufferPointer(start: name, count: strnlen(name, 4096))).map {
                 UInt8(bitPattern: $0)
             }
-            answerLookup(req, fs: fs, name: bytes, deadline: nil)
+            answerLookup(req, fs: fs, name: bytes, caller: caller(req), deadline: nil)
         }
     }
 
     /// A lookup, first time or parked: the name's current inode, or a wait for content.
-    static func answerLookup(_ req: fuse_req_t, fs: FuseFileSystem, name: [UInt8], deadline: ContinuousClock.Instant?) {
+    static func answerLookup(
+        _ req: fuse_req_t, fs: FuseFileSystem, name: [UInt8], caller: Caller, deadline: ContinuousClock.Instant?
+    ) {
         guard let index = fs.tree.index(named: name) else {
             _ = fuse_reply_err(req, ENOENT)
             return
@@ -84,7 +90,7 @@ enum FuseOps {
         let file = fs.tree.files[index]
         while true {
             let epoch = fs.parking.epoch
-            switch file.peek() {
+            switch file.lookup?(caller) ?? file.peek() {
             case .absent:
                 _ = fuse_reply_err(req, ENOENT)
                 return
@@ -94,7 +100,7 @@ enum FuseOps {
                 return
             case .pending(let timeout):
                 let due = deadline ?? ContinuousClock.now.advanced(by: timeout)
-                let entry = Parking.Entry(request: req, deadline: due, kind: .lookup(name: name))
+                let entry = Parking.Entry(request: req, deadline: due, kind: .lookup(name: name, caller: caller))
                 if park(entry, fs: fs, seen: epoch) { return }
                 continue
             case .bytes(let bytes, let mtime, let version) where file.caching == .versioned && version != 0:
@@ -103,12 +109,17 @@ enum FuseOps {
                 var entry = fuse_entry_param()
                 entry.ino = node.inode
                 entry.attr = fs.attributes(of: node)
-                entry.attr_timeout = FuseFileSystem.versionedTimeout
-                entry.entry_timeout = FuseFileSystem.versionedTimeout
+                entry.attr_timeout = file.cacheTimeout
+                entry.entry_timeout = file.lookup == nil ? file.cacheTimeout : 0
                 if fuse_reply_entry(req, &entry) != 0 {
                     // The kernel did not take the reference.
                     fs.versions.forget(node.inode, count: 1)
                 }
+                return
+            case .bytes where file.caching == .versioned && fs.opensBypassDaemon && fs.opensEnded:
+                // No OPEN will come to refuse it, and only versioned inodes can be read
+                // without one: nothing valid to serve.
+                _ = fuse_reply_err(req, EIO)
                 return
             case .bytes, .failure:
                 break
@@ -158,7 +169,7 @@ enum FuseOps {
                     return
                 }
                 var st = fs.attributes(of: node)
-                _ = fuse_reply_attr(req, &st, FuseFileSystem.versionedTimeout)
+                _ = fuse_reply_attr(req, &st, fs.tree.files[node.fileIndex].cacheTimeout)
                 return
             }
             var (st, exists) = fs.attributes(inode: inode)
@@ -188,8 +199,14 @@ enum FuseOps {
                 _ = fuse_reply_err(req, EROFS)
                 return
             }
-            if fs.opensBypassDaemon {
-                // FUSE_CAP_NO_OPEN_SUPPORT: this answer tells the kernel to stop sending OPEN.
+            if fs.opensBypassDaemon, let node = fs.versions.node(inode),
+                case .bytes(_, _, let current) = fs.tree.files[node.fileIndex].peek(), current == node.version,
+                fs.everyFileVersioned
+            {
+                // FUSE_CAP_NO_OPEN_SUPPORT: this answer opens the file and tells the kernel to
+                // stop sending OPEN, for every file. Only once every file has versioned content:
+                // until then opens still come here and wait (parked) as in the default mode.
+                fs.opensEndedFlag.store(true, ordering: .relaxed)
                 _ = fuse_reply_err(req, ENOSYS)
                 return
             }
@@ -231,16 +248,17 @@ enum FuseOps {
                     return
                 }
                 if version == node.version {
-                    // The common case: reads come from the kernel's page cache of this inode.
+                    // Reads come from the kernel's page cache of this inode, which only ever
+                    // holds this version's bytes.
                     info.fh = 0
                     info.direct_io = 0
                     info.keep_cache = 1
                     _ = fuse_reply_open(req, &info)
-                } else if case .bytes(_, _, let current) = file.peek(), current == node.version {
-                    // The reader is held to another version than the current inode's (a pin):
-                    // it reads its own snapshot, past the page cache, which stays untouched.
-                    reply(req, fs: fs, info: &info, snapshot: bytes, keepCache: true)
                 } else {
+                    // Another version than this inode's (an old inode, or a reader held to an
+                    // older version that looked up before it was): the kernel looks the name
+                    // up again and finds the right inode. Another version's bytes are never
+                    // served on this inode: a page-cache fill through it would reach everyone.
                     _ = fuse_reply_err(req, ESTALE)
                 }
             }
@@ -279,7 +297,7 @@ enum FuseOps {
                     } else if let node = fs.versions.node(inode) {
                         bytes = node.bytes
                     } else {
-                        _ = fuse_reply_err(req, EBADF)
+                        _ = fuse_reply_err(req, fs.opensEnded ? EIO : EBADF)
                         return
                     }
                     guard offset >= 0 else {

@@ -11,7 +11,7 @@ final class Parking: Sendable {
     /// outlive the handler).
     enum Kind: @unchecked Sendable {
         case open(inode: UInt64, info: fuse_file_info, caller: Caller)
-        case lookup(name: [UInt8])
+        case lookup(name: [UInt8], caller: Caller)
     }
 
     struct Entry: @unchecked Sendable {

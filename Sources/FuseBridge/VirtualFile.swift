@@ -47,23 +47,35 @@ public struct VirtualFile: Sendable {
 
     public let name: String
     public let caching: Caching
+    /// How long the kernel may keep a versioned inode's name and attributes without asking
+    /// again, in seconds: a day for content that changes only with a new version (the name
+    /// is invalidated then), a second for content versioned by time.
+    public let cacheTimeout: Double
     /// Permission bits (`0o400`).
     public let permissions: mode_t
     public let uid: uid_t
     public let gid: gid_t
-    /// The content for lookups, `stat` and listings. Must not block.
+    /// The content for `stat` and listings, and for lookups unless ``lookup`` is set. Must
+    /// not block.
     public let peek: @Sendable () -> Content
+    /// The content a lookup by this caller finds, when it depends on the caller (a reader
+    /// held to an older version gets that version's own inode). Its names are then never
+    /// cached by the kernel (entry timeout 0), so every open asks. Must not block.
+    public let lookup: (@Sendable (Caller) -> Content)?
     /// The content one open snapshots for its whole life. Must not block: return
     /// ``Content/pending(timeout:)`` to be asked again.
     public let open: @Sendable (Caller) -> Content
 
     public init(
         name: String, permissions: mode_t, uid: uid_t = getuid(), gid: gid_t = getgid(),
-        caching: Caching = .perOpen,
-        peek: @escaping @Sendable () -> Content, open: @escaping @Sendable (Caller) -> Content
+        caching: Caching = .perOpen, cacheTimeout: Double = 86_400,
+        peek: @escaping @Sendable () -> Content, lookup: (@Sendable (Caller) -> Content)? = nil,
+        open: @escaping @Sendable (Caller) -> Content
     ) {
+        self.lookup = lookup
         self.name = name
         self.caching = caching
+        self.cacheTimeout = cacheTimeout.isFinite ? min(max(cacheTimeout, 0), 86_400) : 0
         self.permissions = permissions
         self.uid = uid
         self.gid = gid

@@ -157,9 +157,10 @@ struct Mount: AsyncParsableCommand {
             policy: RefreshPolicy(refreshBefore: refreshBefore?.value),
             logger: Logger(label: "credfs.refresher"),
             onPublish: { published in
-                fileSystem.value?.invalidate(CredentialView.credentialViews.map(\.rawValue))
-                // Requests parked for the first credentials are answered now.
+                // Requests parked for the first credentials are answered first: an entry
+                // invalidation would wait for a parked lookup.
                 fileSystem.value?.wake()
+                fileSystem.value?.invalidate(CredentialView.credentialViews.map(\.rawValue))
                 let expires = published.credentials.expiration.map(Timestamp.format) ?? "never"
                 notifier.ready(status: "serving generation \(published.generation), expires \(expires)")
             },
@@ -174,7 +175,7 @@ struct Mount: AsyncParsableCommand {
         let views = CredentialViewSource(
             refresher: refresher, initialWait: initialWait.value, mountedAt: mountedAt,
             version: Credfs.version,
-            region: region, pendingAtPeek: kernelCache)
+            region: region)
         var options = MountOptions()
         options.allowOther = allowOther
         options.debug = fuseDebug
@@ -223,9 +224,6 @@ struct Mount: AsyncParsableCommand {
             .init(service: FuseService(fs: fs), successTerminationBehavior: .gracefullyShutdownGroup),
             .init(service: RefresherService(refresher: refresher)),
         ]
-        if kernelCache {
-            services.append(.init(service: StatusTicker(fs: fs)))
-        }
         if let uriServer {
             logger.info(
                 "serving the credentials URI",
@@ -296,20 +294,6 @@ struct RefresherService: Service {
     }
 }
 
-/// `--kernel-cache`: `status` is a new version every second, so the kernel is told every
-/// second to look its name up again (from this task, never from a request).
-struct StatusTicker: Service {
-    let fs: FuseFileSystem
-    func run() async throws {
-        try await cancelWhenGracefulShutdown {
-            while !Task.isCancelled {
-                try await Task.sleep(for: .seconds(1))
-                fs.invalidate([CredentialView.status.rawValue])
-            }
-        }
-    }
-}
-
 /// `--serve-uri`: answers until shutdown.
 struct URIService: Service {
     let server: CredentialsURIServer
@@ -329,28 +313,43 @@ enum Tree {
         kernelCache: Bool, clock: any RefreshClock = SystemRefreshClock()
     ) -> VirtualDirectory {
         let files = CredentialView.allCases.map { view in
-            VirtualFile(
+            let peek: @Sendable () -> VirtualFile.Content = {
+                let content = convert(views.peek(view))
+                guard view == .status, kernelCache, case .bytes(let bytes, let mtime, _) = content else {
+                    return content
+                }
+                return .bytes(bytes, mtime: mtime, version: statusVersion(clock.now()))
+            }
+            return VirtualFile(
                 name: view.rawValue,
                 permissions: view.isSecret ? secretMode : 0o444,
                 uid: view.isSecret ? uid : getuid(),
                 gid: view.isSecret ? gid : getgid(),
                 // Credential views live in the page cache, one immutable inode per generation.
                 // status changes every second: it goes through the daemon, or, when opens
-                // never reach the daemon, it is a new version every second.
+                // never reach the daemon, it is a new version every second that the kernel
+                // looks up again after a second.
                 caching: view == .status && !kernelCache ? .perOpen : .versioned,
-                peek: {
-                    let content = convert(views.peek(view))
-                    guard view == .status, kernelCache, case .bytes(let bytes, let mtime, _) = content else {
-                        return content
-                    }
-                    return .bytes(bytes, mtime: mtime, version: statusVersion(clock.now()))
-                },
+                cacheTimeout: view == .status ? 1 : 86_400,
+                peek: peek,
+                // A reader held to an older generation finds that generation's own inode, so
+                // its bytes never reach the current inode's page cache.
+                lookup: view.isField && !kernelCache ? lookup(view, views) : nil,
                 open: { caller in
+                    // status in kernel-cache mode is versioned by the second, as peek says.
+                    if view == .status, kernelCache { return peek() }
                     // Only field reads are pinned: the other views need no process group.
-                    convert(views.open(view, reader: view.isField && !kernelCache ? reader(caller) : nil))
+                    return convert(views.open(view, reader: view.isField && !kernelCache ? reader(caller) : nil))
                 })
         }
         return VirtualDirectory(files: files, permissions: 0o555, uid: uid, gid: gid, mtime: mountedAt)
+    }
+
+    /// Field lookups per reader: a pinned group finds its pinned generation.
+    static func lookup(_ view: CredentialView, _ views: CredentialViewSource)
+        -> @Sendable (Caller) -> VirtualFile.Content
+    {
+        { caller in convert(views.lookup(view, reader: reader(caller))) }
     }
 
     /// The reader's process group, as pins know it; nil for a pid this daemon cannot see

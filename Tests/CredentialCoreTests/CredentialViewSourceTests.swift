@@ -45,16 +45,6 @@ import Testing
         #expect(source.open(.accessKeyId) == .pending(timeout: .milliseconds(200)))
     }
 
-    @Test func peekWaitsOnlyWhenAskedTo() async {
-        let refresher = Refresher(
-            provider: ScriptedProvider { Fixture.sts() }, clock: VirtualClock(Fixture.t0), random: { 0 },
-            logger: .quiet)
-        let atLookup = CredentialViewSource(
-            refresher: refresher, initialWait: 3, mountedAt: mountedAt, version: "9.9.9", pendingAtPeek: true)
-        #expect(atLookup.peek(.credentials) == .pending(timeout: .seconds(3)))
-        #expect(atLookup.peek(.status) != .pending(timeout: .seconds(3)))
-    }
-
     @Test func statusNeverWaits() async throws {
         let (_, source) = source(
             ScriptedProvider { Fixture.sts() }, clock: VirtualClock(Fixture.t0), initialWait: 5)

@@ -176,4 +176,48 @@ struct ClientViewTests {
         let missing = try shell("curl -s -o /dev/null -w '%{http_code}' \(url)nope")
         #expect(missing.stdout == "404")
     }
+
+    /// The loopback URI refuses what a browser page or a flood could send (issue 10).
+    @Test func serveURIRefusesForeignHostsOriginsBigHeadsAndFloods() async throws {
+        let port = 21000 + Int(getpid() % 10000)
+        let daemon = try Daemon(["--provider", "demo", "--serve-uri", "127.0.0.1:\(port)"])
+        defer { daemon.stop() }
+        let url = "http://127.0.0.1:\(port)/"
+        try waitUntil("credentials") { daemon.read("expiration").bytes != nil }
+        func code(_ options: String) throws -> String {
+            try shell("curl -s -o /dev/null -w '%{http_code}' \(options) \(url)").stdout
+        }
+        #expect(try code("") == "200")
+        #expect(try code("-H 'Host: localhost:\(port)'") == "200")
+        #expect(try code("-H 'Host: evil.example:\(port)'") == "403")
+        #expect(try code("-H 'Host: 127.0.0.1'") == "403")
+        #expect(try code("-H 'Origin: http://evil.example'") == "403")
+        let big = String(repeating: "x", count: 20_000)
+        #expect(try code("-H 'X-Big: \(big)'") == "000", "a 20 KiB head is cut off")
+
+        // 100 idle connections: at most 64 are kept; the rest are closed at once, and the
+        // kept ones are closed once idle for 10 s. Then the server still answers.
+        let flood = try shell(
+            """
+            python3 - <<'PY'
+            import socket, time, select
+            conns = [socket.create_connection(("127.0.0.1", \(port))) for _ in range(100)]
+            def closed(c, wait):
+                r, _, _ = select.select([c], [], [], wait)
+                return bool(r) and c.recv(1) == b""
+            time.sleep(0.5)
+            print("refused", sum(closed(c, 0.01) for c in conns))
+            deadline = time.time() + 20
+            while time.time() < deadline and not all(closed(c, 0.05) for c in conns):
+                pass
+            print("idle-closed", sum(closed(c, 0) for c in conns))
+            PY
+            """)
+        let facts = flood.stdout.split(separator: "\n").map { $0.split(separator: " ") }
+        let refused = facts.first { $0.first == "refused" }.flatMap { Int($0[1]) } ?? -1
+        let idleClosed = facts.first { $0.first == "idle-closed" }.flatMap { Int($0[1]) } ?? -1
+        #expect(refused >= 36, "\(flood.stdout) \(flood.stderr)")
+        #expect(idleClosed == 100, "\(flood.stdout) \(flood.stderr)")
+        #expect(try code("") == "200")
+    }
 }

@@ -91,6 +91,60 @@ struct HostileTests {
         }
     }
 
+    /// A group pinned to the previous generation that fills the page cache on purpose
+    /// (sendfile, fadvise, a private mmap) reaches only its generation's own inode: every
+    /// other reader still gets the current secret (found by the FUSE fuzzer).
+    @Test func aPinnedGroupCannotPoisonTheCurrentPageCache() async throws {
+        let server = FakeCredentialServer()
+        try await server.start()
+        defer { Task { await server.stop() } }
+        let daemon = try Daemon(["--provider", "uri", "--uri", server.url, "--allow-other", "--mode", "0444"])
+        defer { daemon.stop() }
+        chmod(daemon.dir.path, 0o755)
+        try waitUntil("generation 1") { try daemon.generation() == 1 }
+        let out = daemon.dir.path + "/pinned.out"
+        FileManager.default.createFile(atPath: out, contents: nil)
+        chmod(out, 0o666)
+        let script = #"""
+            import os, json, mmap, sys, time
+            m, out = sys.argv[1], sys.argv[2]
+            gen = lambda: json.load(open(m + "/status"))["generation"]
+            first = open(m + "/access_key_secret").read()
+            open(out, "a").write("pinned\n")
+            while gen() == 1: time.sleep(0.02)
+            fd = os.open(m + "/access_key_secret", os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            os.sendfile(os.open("/dev/null", os.O_WRONLY), fd, 0, 4096)
+            try:
+                mm = mmap.mmap(fd, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ); mm[:1]; mm.close()
+            except (OSError, ValueError):
+                pass
+            again = os.pread(fd, 4096, 0).decode()
+            open(out, "a").write("first=" + first + "\nagain=" + again + "\n")
+            """#
+        let python = Process()
+        python.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
+        python.arguments = [
+            "--wait", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", script,
+            daemon.mountpoint, out,
+        ]
+        python.standardOutput = FileHandle.nullDevice
+        try python.run()
+        try waitUntil("the group to pin") {
+            (try? String(contentsOfFile: out, encoding: .utf8))?.contains("pinned") == true
+        }
+        server.rotate()
+        daemon.signal(SIGHUP)
+        try waitUntil("the pinned reader to finish", timeout: 20) { !python.isRunning }
+        let lines = try String(contentsOfFile: out, encoding: .utf8)
+        #expect(lines.contains("first=\(FakeCredentialServer.secret(1))"))
+        #expect(lines.contains("again=\(FakeCredentialServer.secret(1))"), "the pinned group keeps its generation")
+        for _ in 0..<5 {
+            #expect(daemon.readAsNewGroup("access_key_secret") == FakeCredentialServer.secret(2))
+            #expect(daemon.read("credentials").text?.contains(FakeCredentialServer.secret(2)) == true)
+        }
+    }
+
     /// A waiting open gives up with EIO after --initial-wait, without holding a worker.
     @Test func aWaitingOpenFailsWithEIOAtItsDeadline() async throws {
         let server = FakeCredentialServer()
