@@ -169,15 +169,11 @@ public struct OIDCProvider: CredentialProvider {
             action: "AssumeRoleWithOIDC", status: response.status, body: response.body, now: now())
     }
 
+    /// The token file, read through ``SmallFile``: a regular file of at most 64 KiB (a
+    /// FIFO, a device or a directory is an error, never a wait), white space around it
+    /// dropped.
     static func readToken(_ path: String) throws(CredentialError) -> String {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw CredentialError("cannot read the OIDC token file \(path)")
-        }
-        guard data.count <= AnswerParser.maxBodyBytes else {
-            throw CredentialError("the OIDC token file \(path) is larger than 64 KiB")
-        }
-        let token = String(decoding: data, as: UTF8.self).trimmingCharacters(
-            in: .whitespacesAndNewlines)
+        let token = SmallFile.trimmed(try SmallFile.read(path, what: "OIDC token file"))
         guard !token.isEmpty else { throw CredentialError("the OIDC token file \(path) is empty") }
         return token
     }

@@ -31,7 +31,8 @@ public struct ProcessProvider: CredentialProvider {
         var sts_token: String?
         var expiration: Expiration?
 
-        /// RFC 3339 text, or seconds since the epoch.
+        /// RFC 3339 text, or seconds since the epoch (checked by ``AnswerParser/validate``:
+        /// a number outside 1970...9999, 1e308 or -1e19 included, is a rejected answer).
         enum Expiration: Decodable {
             case text(String)
             case epoch(Double)
@@ -43,10 +44,10 @@ public struct ProcessProvider: CredentialProvider {
                     self = .text(try container.decode(String.self))
                 }
             }
-            var rfc3339: String {
+            var expiry: AnswerParser.Expiry {
                 switch self {
-                case .text(let text): return text
-                case .epoch(let seconds): return Timestamp.format(Date(timeIntervalSince1970: seconds))
+                case .text(let text): return .text(text)
+                case .epoch(let seconds): return .epoch(seconds)
                 }
             }
         }
@@ -115,7 +116,7 @@ public struct ProcessProvider: CredentialProvider {
             return try AnswerParser.validate(
                 accessKeyId: answer.access_key_id, accessKeySecret: answer.access_key_secret,
                 securityToken: mode == "AK" ? nil : answer.sts_token,
-                expiration: answer.expiration?.rfc3339,
+                expiry: answer.expiration?.expiry,
                 tokenRequired: mode == "StsToken", now: now)
         } catch {
             throw CredentialError("\(what): \(error.message)")

@@ -81,6 +81,12 @@ struct ProviderOptions: ParsableArguments {
     var policy: String?
 
     @Option(
+        help: ArgumentHelp(
+            "A file holding the session policy (JSON) for STS: a regular file of at most 64 KiB.",
+            discussion: "For fstab, where a value cannot hold a comma: -o policy_file=PATH."))
+    var policyFile: String?
+
+    @Option(
         help:
             "STS endpoint, host or URL (default: sts[-vpc].$ALIBABA_CLOUD_STS_REGION.aliyuncs.com, else sts.aliyuncs.com)."
     )
@@ -109,6 +115,7 @@ struct ProviderOptions: ParsableArguments {
             let url = stsEndpoint.contains("://") ? stsEndpoint : "https://" + stsEndpoint
             _ = try Self.checkedURI(url, flag: "--sts-endpoint")
         }
+        try validatePolicyFile()
         guard (OIDCProvider.minimumDuration...43200).contains(duration) else {
             throw ValidationError("--duration must be between 900 and 43200 seconds")
         }
@@ -210,6 +217,11 @@ struct ProviderOptions: ParsableArguments {
     func makeProvider() -> any CredentialProvider { makeProvider(provider) }
 
     func makeProvider(_ kind: ProviderKind) -> any CredentialProvider {
+        let policy: String?
+        switch policyFromFile {
+        case .failure(let error): return Unavailable(name: kind.rawValue, error: error)
+        case .success(let text): policy = self.policy ?? text
+        }
         let environment = self.environment
         let endpoint = STSEndpoint.resolve(flag: stsEndpoint, environment: environment)
         // As the source of ram-role-arn, OIDC keeps to its variables: the STS flags
@@ -241,6 +253,37 @@ struct ProviderOptions: ParsableArguments {
             return AutoProvider(
                 environment: environment, imdsEndpoint: imdsEndpoint, role: role, stsEndpoint: stsEndpoint)
         }
+    }
+}
+
+/// `--policy-file` (fstab `policy_file=`): a policy JSON holds commas, which an fstab
+/// option value cannot.
+extension ProviderOptions {
+    /// The policy file's text (white space around it dropped), nil without the flag. Read
+    /// once by validate() (a bad file: exit 64) and once by makeProvider.
+    var policyFromFile: Result<String?, CredentialError> {
+        guard let policyFile else { return .success(nil) }
+        do throws(CredentialError) {
+            let text = SmallFile.trimmed(try SmallFile.read(policyFile, what: "policy file"))
+            guard !text.isEmpty else { throw CredentialError("the policy file \(policyFile) is empty") }
+            return .success(text)
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    func validatePolicyFile() throws {
+        guard policyFile != nil else { return }
+        guard policy == nil else { throw ValidationError("--policy and --policy-file cannot both be given") }
+        if case .failure(let error) = policyFromFile { throw ValidationError(error.message) }
+    }
+
+    /// What makeProvider gives when the policy file vanished after validation: every
+    /// fetch fails (fails closed: never a role session without the policy it was given).
+    struct Unavailable: CredentialProvider {
+        let name: String
+        let error: CredentialError
+        func fetch() async throws -> Credentials { throw error }
     }
 }
 
