@@ -62,6 +62,7 @@ public enum Render {
             ("upstreamRequests", int(s.upstreamRequests)),
             ("mountedAt", time(s.mountedAt)),
             ("version", str(s.version)),
+            ("clockSkewSeconds", int(s.clockSkewSeconds)),
         ]
         let body = fields.map { "  \(jsonString($0.0)): \($0.1)" }.joined(separator: ",\n")
         return Array(("{\n" + body + "\n}\n").utf8)
