@@ -115,7 +115,9 @@ public final class ServerClockProbe: Sendable {
     }
 
     /// Server minus local time of the last answer (positive: the local clock is behind).
+    /// A `Date` header truncates to the second, so the server's clock was half a second
+    /// past it on average.
     public var skew: TimeInterval? {
-        last.withLock { last in last.map { $0.server.timeIntervalSince($0.local) } }
+        last.withLock { last in last.map { $0.server.timeIntervalSince($0.local) + 0.5 } }
     }
 }

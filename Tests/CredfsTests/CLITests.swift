@@ -11,6 +11,10 @@ struct CLITests {
         ["mount", "/tmp/credfs-never", "--initial-wait", "soon"],
         ["mount", "/tmp/credfs-never", "--refresh-before", "0"],
         ["mount", "/tmp/credfs-never", "--provider", "demo", "--demo-lifetime", "1"],
+        ["mount", "/tmp/credfs-never", "--metrics", "9464"],
+        ["mount", "/tmp/credfs-never", "--metrics", "example.com:9464"],
+        ["mount", "/tmp/credfs-never", "--metrics", "::1:9464"],
+        ["mount", "/tmp/credfs-never", "--metrics", "127.0.0.1:70000"],
         ["get", "--field", "password"],
         ["frobnicate"],
     ])
