@@ -57,7 +57,11 @@ struct Doctor: AsyncParsableCommand {
         if let user { checks.append(Self.userCheck(user, path: path)) }
         checks.append(Self.accessKeyVariableCheck(environment))
         checks.append(await Self.metadataCheck(environment, endpoint: imdsEndpoint))
-        checks.append(Self.namespaceCheck(path))
+        if MountPoint.mountType(at: path) == "fuse.credfs" {
+            checks.append(Self.namespaceCheck(path))
+        } else {
+            checks.append(.skip("namespace", "no mount to look for"))
+        }
         print(json ? Self.renderJSON(checks) : Self.renderText(checks), terminator: "")
         // Exit 1, the report above being the message.
         if checks.contains(where: { !$0.ok }) { throw Failure(message: "problems found", reported: true) }
@@ -115,7 +119,8 @@ struct Doctor: AsyncParsableCommand {
     }
 
     static func skewCheck(_ status: StatusFile?) -> Check {
-        guard let skew = status?.clockSkewSeconds else {
+        guard let status else { return .skip("clock", "no status to read") }
+        guard let skew = status.clockSkewSeconds else {
             return .skip("clock", "no upstream Date seen yet (not every source has one)")
         }
         guard abs(skew) <= 60 else {
