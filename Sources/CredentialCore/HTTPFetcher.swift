@@ -19,6 +19,8 @@ public final class HTTPFetcher: Sendable {
     public struct Response: Sendable {
         public var status: Int
         public var body: [UInt8]
+        /// The answer's `Date` header (IMF-fixdate), if it had a valid one: the server's clock.
+        public var date: Date? = nil
     }
 
     let client: HTTPClient
@@ -55,7 +57,9 @@ public final class HTTPFetcher: Sendable {
                 body.append(contentsOf: chunk.readableBytesView)
                 if body.count > AnswerParser.maxBodyBytes { break }
             }
-            return Response(status: Int(response.status.code), body: body)
+            let date = response.headers.first(name: "Date").flatMap(HTTPDate.parse)
+            ServerClockProbe.report(date)
+            return Response(status: Int(response.status.code), body: body, date: date)
         } catch let error as HTTPClientError {
             throw CredentialError("\(method) \(where_): \(Self.describe(error))")
         } catch {
