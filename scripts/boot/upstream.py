@@ -7,7 +7,7 @@ recognisable values (STS.BOOTFAKE…, BOOT-SECRET-…, BOOT-TOKEN-… plus a ran
 the test can look for them in the container's journal. The values are written to
 --secrets-file (mode 0600) for that search and never printed.
 
-Each answer is logged to --log as `answer <n> <CLOCK_MONOTONIC µs>`: the container shares
+Each answer is logged to --log as `answer <n> <CLOCK_MONOTONIC µs>` just before it is sent: the container shares
 the host's monotonic clock, so systemd's *TimestampMonotonic values compare with it.
 Prints the port on stdout once listening; SIGTERM stops it.
 """
@@ -54,12 +54,13 @@ def main() -> int:
                 n = count[0]
             if n == 1:
                 time.sleep(args.delay)
+            # Logged before the answer leaves: no client can have it earlier.
+            log.write(f"answer {n} {time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}\n")
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
-            log.write(f"answer {n} {time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}\n")
 
         def log_message(self, *a):
             pass
