@@ -64,7 +64,7 @@ public struct DemoProvider: CredentialProvider {
         let issued = Timestamp.wholeSeconds(now())
         func random(_ count: Int) -> String {
             let alphabet = Array("ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789")
-            return String((0..<count).map { _ in alphabet.randomElement()! })
+            return String((0..<count).map { _ in alphabet[Int.random(in: 0..<alphabet.count)] })
         }
         return Credentials(
             accessKeyId: "STS.DEMO" + random(16),

@@ -171,9 +171,9 @@ public final class Refresher: Sendable {
             let (outcome, published) = inner.withLock { inner in
                 let outcome = inner.machine.succeeded(credentials, at: now, jitter: jitter)
                 if case .rotated = outcome { inner.loggedExpiry = false }
-                return (outcome, inner.machine.published!)
+                return (outcome, inner.machine.published)
             }
-            if case .rotated(let generation) = outcome {
+            if case .rotated(let generation) = outcome, let published {
                 onPublish(published)
                 logger.info(
                     "new credentials",

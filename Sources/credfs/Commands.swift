@@ -86,7 +86,7 @@ struct Get: AsyncParsableCommand {
             case .process: bytes = Render.processOutput(credentials)
             }
         }
-        guard let bytes else { throw Failure(message: "the credentials have no \(field!.rawValue)") }
+        guard let bytes else { throw Failure(message: "the credentials have no \(field?.rawValue ?? "field")") }
         FileHandle.standardOutput.write(Data(bytes))
     }
 }

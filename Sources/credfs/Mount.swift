@@ -30,14 +30,14 @@ struct Mount: AsyncParsableCommand {
     var gid: OwnerID?
 
     @Option(help: "Octal mode of the secret files.")
-    var mode: Octal = Octal(argument: "0400")!
+    var mode = Octal(0o400, written: "0400")
 
     @Option(
         help: "Refresh when this much lifetime is left (e.g. 900, 15m; default: min(15m, lifetime/3)).")
     var refreshBefore: Seconds?
 
     @Option(help: "How long an open waits for the very first credentials (e.g. 10, 10s).")
-    var initialWait: Seconds = Seconds(argument: "10")!
+    var initialWait = Seconds(10, written: "10s")
 
     @Option(help: "region_id written into config.json.")
     var region: String = "cn-hangzhou"
@@ -231,7 +231,7 @@ struct Mount: AsyncParsableCommand {
         if let uriServer {
             logger.info(
                 "serving the credentials URI",
-                metadata: ["address": "http://\(serveUri!.host):\(uriServer.port)/"])
+                metadata: ["address": "http://\(serveUri?.host ?? ""):\(uriServer.port)/"])
             services.append(.init(service: URIService(server: uriServer)))
         }
         if let metricsServer { services.append(metricsServer.started(logger: logger)) }

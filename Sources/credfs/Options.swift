@@ -228,7 +228,7 @@ struct ProviderOptions: ParsableArguments {
         // (--role-arn, --role-session-name, --duration, --policy) are the AssumeRole's.
         let forRamRole = provider == .ramRoleArn
         switch kind {
-        case .uri: return URIProvider(url: resolvedURI!)
+        case .uri: return URIProvider(url: resolvedURI ?? "")
         case .env: return EnvironmentProvider()
         case .demo: return DemoProvider(lifetime: demoLifetime)
         case .ecsRamRole:
@@ -239,14 +239,14 @@ struct ProviderOptions: ParsableArguments {
             return ProcessProvider(argv: ProcessProvider.split(command ?? ""))
         case .oidcRoleArn:
             return OIDCProvider(
-                roleArn: resolvedOIDCRoleArn!, oidcProviderArn: resolvedOIDCProviderArn!,
-                tokenFile: resolvedOIDCTokenFile!,
+                roleArn: resolvedOIDCRoleArn ?? "", oidcProviderArn: resolvedOIDCProviderArn ?? "",
+                tokenFile: resolvedOIDCTokenFile ?? "",
                 sessionName: (forRamRole ? nil : roleSessionName) ?? environment["ALIBABA_CLOUD_ROLE_SESSION_NAME"],
                 durationSeconds: forRamRole ? OIDCProvider.defaultDuration : duration,
                 policy: forRamRole ? nil : policy, endpoint: endpoint)
         case .ramRoleArn:
             return RamRoleArnProvider(
-                source: makeProvider(resolvedSourceProvider), roleArn: resolvedAssumedRoleArn!,
+                source: makeProvider(resolvedSourceProvider), roleArn: resolvedAssumedRoleArn ?? "",
                 sessionName: roleSessionName ?? environment["ALIBABA_CLOUD_ROLE_SESSION_NAME"],
                 durationSeconds: duration, externalId: externalId, policy: policy, endpoint: endpoint)
         case .auto:
@@ -305,6 +305,11 @@ struct Seconds: ExpressibleByArgument {
         self.text = argument
     }
 
+    init(_ value: TimeInterval, written text: String) {
+        self.value = value
+        self.text = text
+    }
+
     var defaultValueDescription: String { text }
 }
 
@@ -317,6 +322,11 @@ struct Octal: ExpressibleByArgument {
         else { return nil }
         value = mode_t(bits)
         text = argument
+    }
+
+    init(_ value: mode_t, written text: String) {
+        self.value = value
+        self.text = text
     }
 
     var defaultValueDescription: String { text }
