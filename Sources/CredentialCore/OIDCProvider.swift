@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// Where STS is (SPEC section 3): `--sts-endpoint`, else
 /// `sts[-vpc].<$ALIBABA_CLOUD_STS_REGION>.aliyuncs.com` (`-vpc` with
@@ -74,8 +74,10 @@ public enum STSAnswer {
     /// STS's `SignatureDoesNotMatch` message quotes its whole string to sign, which holds
     /// the signer's SecurityToken: the message is cut before it.
     static func withoutStringToSign(_ message: String) -> String {
-        guard let range = message.range(of: "string to sign", options: .caseInsensitive) else { return message }
-        var kept = String(message[..<range.lowerBound])
+        let bytes = Array(message.utf8)
+        let lower = bytes.map { $0 >= 0x41 && $0 <= 0x5A ? $0 | 0x20 : $0 }  // ASCII only: same offsets
+        guard let range = lower.firstRange(of: Array("string to sign".utf8)) else { return message }
+        var kept = String(decoding: bytes[..<range.lowerBound], as: UTF8.self)
         while kept.hasSuffix(" ") || kept.hasSuffix(".") { kept.removeLast() }
         if kept.lowercased().hasSuffix("server") { kept.removeLast(6) }
         while kept.hasSuffix(" ") || kept.hasSuffix(".") { kept.removeLast() }
@@ -84,21 +86,7 @@ public enum STSAnswer {
 
     /// `application/x-www-form-urlencoded` / RPC query encoding: RFC 3986 unreserved
     /// characters stay, everything else is %XX (space as %20).
-    public static func percentEncode(_ text: String) -> String {
-        var out = ""
-        for byte in text.utf8 {
-            switch byte {
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
-                UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "_"),
-                UInt8(ascii: "."),
-                UInt8(ascii: "~"):
-                out.append(Character(UnicodeScalar(byte)))
-            default:
-                out += String(format: "%%%02X", byte)
-            }
-        }
-        return out
-    }
+    public static func percentEncode(_ text: String) -> String { Text.percentEncoded(text) }
 
     public static func encode(_ parameters: [(String, String)]) -> String {
         parameters.map { percentEncode($0.0) + "=" + percentEncode($0.1) }.joined(separator: "&")
@@ -184,8 +172,7 @@ public struct OIDCProvider: CredentialProvider {
         guard data.count <= AnswerParser.maxBodyBytes else {
             throw CredentialError("the OIDC token file \(path) is larger than 64 KiB")
         }
-        let token = String(decoding: data, as: UTF8.self).trimmingCharacters(
-            in: .whitespacesAndNewlines)
+        let token = Text.trimmed(String(decoding: data, as: UTF8.self))
         guard !token.isEmpty else { throw CredentialError("the OIDC token file \(path) is empty") }
         return token
     }
