@@ -52,7 +52,7 @@ enum FstabArguments {
                     {
                         continue
                     }
-                    flags.append("--" + key.replacingOccurrences(of: "_", with: "-"))
+                    flags.append("--" + key.replacing("_", with: "-"))
                     if parts.count == 2 { flags.append(parts[1]) }
                 }
             case "-n", "-s", "-v", "-f":
