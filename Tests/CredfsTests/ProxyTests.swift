@@ -201,3 +201,59 @@ struct ProxyTests {
         }
     }
 }
+
+/// TLS: peer verification is on, against the system trust store only.
+@Suite(.timeLimit(.minutes(1)))
+struct HTTPFetcherTLSTests {
+    static let server = """
+        import http.server, ssl, sys
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"ok")
+            def log_message(self, *a): pass
+        s = http.server.HTTPServer(("127.0.0.1", 0), H)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+        s.socket = ctx.wrap_socket(s.socket, server_side=True)
+        print(s.server_address[1], flush=True)
+        s.timeout = 20
+        s.handle_request()
+        """
+
+    @Test func aSelfSignedCertificateIsRefused() async throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let made = try runProcess(
+            "/usr/bin/openssl",
+            [
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", dir.path + "/key.pem", "-out",
+                dir.path + "/cert.pem",
+            ])
+        try #require(made.status == 0, "openssl: \(made.stderr)")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", "-c", Self.server, dir.path + "/cert.pem", dir.path + "/key.pem"]
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer {
+            if process.isRunning { process.terminate() }
+            process.waitUntilExit()
+        }
+        var line = ""
+        while !line.hasSuffix("\n") {
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            line += String(decoding: chunk, as: UTF8.self)
+        }
+        let port = try #require(Int(line.trimmingCharacters(in: .whitespacesAndNewlines)))
+        do {
+            _ = try await HTTPFetcher(timeouts: .standard, proxy: .never).send(url: "https://127.0.0.1:\(port)/")
+            Issue.record("a self-signed certificate was accepted")
+        } catch {
+            print("self-signed: \(error.message)")
+            #expect(error.message.contains("TLS") || error.message.contains("SSL"))
+        }
+    }
+}
