@@ -11,6 +11,7 @@ import Glibc
 /// - Proxies only as ``HTTPProxy`` decides; libcurl never reads the environment itself.
 /// - Each transfer runs `curl_easy_perform` on a thread of its own, never on the Swift
 ///   cooperative pool (fetches are rare: at most one in flight per source).
+/// - libcurl is loaded (dlopen) by the first request, not at exec (`CCurl`).
 ///
 /// Its errors are one line and name the URL without its query string, user or password
 /// (a query may carry a secret).
@@ -110,9 +111,6 @@ public final class HTTPFetcher: Sendable {
         parts.fragment = nil
         return parts.string ?? "(unparseable URL)"
     }
-
-    /// `curl_global_init` once, before the first handle (it is not thread-safe).
-    static let globalInit: CURLcode = credfs_curl_global_init()
 }
 
 /// One request: its inputs, and what the callbacks collect. Touched by one thread at a time.
@@ -133,6 +131,12 @@ final class Transfer: @unchecked Sendable {
     var tooLong = false
     var date: Date?
     var continuation: CheckedContinuation<Outcome, Never>?
+    // The read timeout's state (the transfer's thread only).
+    var handle: UnsafeMutableRawPointer?
+    var readLimitNS: UInt64 = 0
+    var lastActivityNS: UInt64 = 0
+    var lastBytes: (curl_off_t, curl_off_t) = (-1, -1)
+    var readTimedOut = false
 
     init(
         method: HTTPFetcher.Method, url: String, headers: [(String, String)], body: [UInt8]?,
@@ -175,11 +179,11 @@ final class Transfer: @unchecked Sendable {
 
     /// The blocking transfer (on its own thread).
     func perform() -> Outcome {
-        guard HTTPFetcher.globalInit == CURLE_OK else { return .failure("libcurl did not initialise") }
-        guard let handle = curl_easy_init() else { return .failure("libcurl: no handle") }
-        defer { curl_easy_cleanup(handle) }
+        guard credfs_curl_load() == 1 else { return .failure(String(cString: credfs_curl_load_error())) }
+        guard let handle = credfs_curl_easy_init() else { return .failure("libcurl: no handle") }
+        defer { credfs_curl_easy_cleanup(handle) }
         var list: UnsafeMutablePointer<curl_slist>? = nil
-        defer { curl_slist_free_all(list) }
+        defer { credfs_curl_slist_free_all(list) }
 
         var ok = true
         func set(_ option: CURLoption, _ value: Int) {
@@ -201,9 +205,11 @@ final class Transfer: @unchecked Sendable {
         let connectMS = Self.milliseconds(timeouts.connect)
         let readMS = Self.milliseconds(timeouts.read)
         set(CURLOPT_CONNECTTIMEOUT_MS, connectMS)
-        // A read timeout: fewer than 1 byte per second over the read time aborts.
-        set(CURLOPT_LOW_SPEED_LIMIT, 1)
-        set(CURLOPT_LOW_SPEED_TIME, max(1, (readMS + 999) / 1000))
+        // The read timeout: no byte sent or received for `read` once connected (the
+        // progress callback; libcurl's low-speed check averages and fires late after an upload).
+        readLimitNS = UInt64(readMS) * 1_000_000
+        set(CURLOPT_NOPROGRESS, 0)
+        ok = ok && credfs_curl_setopt_progress(handle, CURLOPT_XFERINFOFUNCTION, Self.watchProgress) == CURLE_OK
         // And a deadline for the whole request, as before.
         set(CURLOPT_TIMEOUT_MS, connectMS + readMS)
 
@@ -231,7 +237,7 @@ final class Transfer: @unchecked Sendable {
         }
 
         func append(_ line: String) {
-            if let longer = curl_slist_append(list, line) { list = longer } else { ok = false }
+            if let longer = credfs_curl_slist_append(list, line) { list = longer } else { ok = false }
         }
         var names = Set<String>()
         for (name, value) in headers {
@@ -248,11 +254,15 @@ final class Transfer: @unchecked Sendable {
         ok = ok && credfs_curl_setopt_pointer(handle, CURLOPT_WRITEDATA, context) == CURLE_OK
         ok = ok && credfs_curl_setopt_callback(handle, CURLOPT_HEADERFUNCTION, Self.readHeader) == CURLE_OK
         ok = ok && credfs_curl_setopt_pointer(handle, CURLOPT_HEADERDATA, context) == CURLE_OK
+        ok = ok && credfs_curl_setopt_pointer(handle, CURLOPT_XFERINFODATA, context) == CURLE_OK
+        self.handle = handle
+        defer { self.handle = nil }
         guard ok else { return .failure("libcurl refused an option") }
 
-        let code = curl_easy_perform(handle)
+        let code = credfs_curl_easy_perform(handle)
         var status = 0
         credfs_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
+        if code == CURLE_ABORTED_BY_CALLBACK, readTimedOut { return .failure("read timed out") }
         if code == CURLE_OK || (code == CURLE_WRITE_ERROR && tooLong) {
             return .success(HTTPFetcher.Response(status: status, body: body, date: date))
         }
@@ -285,8 +295,34 @@ final class Transfer: @unchecked Sendable {
             return "connection closed before the answer was complete"
         case CURLE_PEER_FAILED_VERIFICATION: return "TLS: the server's certificate is not trusted"
         default:
-            return String(cString: curl_easy_strerror(code))
+            return String(cString: credfs_curl_easy_strerror(code))
         }
+    }
+
+    static func monotonicNS() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return UInt64(max(0, now.tv_sec)) &* 1_000_000_000 &+ UInt64(max(0, now.tv_nsec))
+    }
+
+    /// Aborts when nothing moved for the read timeout since the connection was made.
+    static let watchProgress: credfs_curl_progress_cb = { context, _, downloaded, _, uploaded in
+        guard let context else { return 0 }
+        let transfer = Unmanaged<Transfer>.fromOpaque(context).takeUnretainedValue()
+        let now = monotonicNS()
+        var connectTime: curl_off_t = 0
+        if let handle = transfer.handle { credfs_curl_getinfo_offset(handle, CURLINFO_CONNECT_TIME_T, &connectTime) }
+        if connectTime == 0 || (downloaded, uploaded) != transfer.lastBytes {
+            // Still connecting (the connect timeout's business), or bytes moved.
+            transfer.lastBytes = (downloaded, uploaded)
+            transfer.lastActivityNS = now
+            return 0
+        }
+        if now &- transfer.lastActivityNS > transfer.readLimitNS {
+            transfer.readTimedOut = true
+            return 1
+        }
+        return 0
     }
 
     static let writeBody: credfs_curl_data_cb = { data, size, count, context in
@@ -321,7 +357,7 @@ final class Transfer: @unchecked Sendable {
             value.append(0)
             let seconds = value.withUnsafeBufferPointer { buffer in
                 buffer.baseAddress.map {
-                    $0.withMemoryRebound(to: CChar.self, capacity: buffer.count) { curl_getdate($0, nil) }
+                    $0.withMemoryRebound(to: CChar.self, capacity: buffer.count) { credfs_curl_getdate($0) }
                 }
             }
             if let seconds, seconds > 0 { transfer.date = Date(timeIntervalSince1970: TimeInterval(seconds)) }

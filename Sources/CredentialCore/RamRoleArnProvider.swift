@@ -1,4 +1,4 @@
-import CCrypto
+import CCurl
 import FoundationEssentials
 import Logging
 
