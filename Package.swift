@@ -24,13 +24,16 @@ let package = Package(
         // signature from the libcrypto it uses; both loaded with dlopen on first use (headers
         // from libcurl4-openssl-dev and libssl-dev). See docs/design.md.
         .target(name: "CCurl"),
+        .systemLibrary(name: "CPosix"),
+        .target(name: "Posix", dependencies: ["CPosix"]),
         .target(
             name: "FuseBridge",
-            dependencies: ["CFuse3"]
+            dependencies: ["CFuse3", "Posix"]
         ),
         .target(
             name: "CredentialCore",
             dependencies: [
+                "Posix",
                 .product(name: "Logging", package: "swift-log"),
                 "CCurl",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -44,6 +47,7 @@ let package = Package(
                 "FuseBridge",
                 "CredentialCore",
                 "CFuse3",
+                "Posix",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -59,6 +63,10 @@ let package = Package(
                         "--no-export-dynamic",
                     ], .when(configuration: .release))
             ]
+        ),
+        .testTarget(
+            name: "FuseBridgeTests",
+            dependencies: ["FuseBridge"]
         ),
         .testTarget(
             name: "CredentialCoreTests",

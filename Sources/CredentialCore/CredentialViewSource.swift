@@ -1,7 +1,7 @@
-import Foundation
+import FoundationEssentials
 import Synchronization
 
-/// The files credfs shows, by name (SPEC section 1).
+/// The files credfs shows, by name (SPEC section 1): the one list every part iterates.
 public enum CredentialView: String, CaseIterable, Sendable {
     case credentials
     case accessKeyId = "access_key_id"
@@ -18,6 +18,13 @@ public enum CredentialView: String, CaseIterable, Sendable {
     /// The one-field views, which a reader combines across several opens: these are
     /// pinned to one generation per process group (SPEC section 2 item 4).
     public var isField: Bool { [.accessKeyId, .accessKeySecret, .token, .expiration].contains(self) }
+
+    /// Reading this view starts a pin: the secret fields. `expiration` is world-readable,
+    /// so it follows a pin but never makes one (any user could fill the table with it).
+    public var startsPin: Bool { isField && isSecret }
+
+    /// The views rendered from credentials (all but `status`).
+    public static var credentialViews: [CredentialView] { allCases.filter { $0 != .status } }
 }
 
 /// What a view holds at one instant.
@@ -29,18 +36,29 @@ public enum ViewContent: Sendable, Equatable {
     case absent
     /// No valid credentials: readers get EIO.
     case unavailable
+    /// The very first credentials are still being fetched: ask again when they arrive,
+    /// and give up (EIO) after `timeout`.
+    case pending(timeout: Duration)
 }
 
-/// Serves the views from the refresher's cache: renders each generation once, and never
-/// touches the network. Knows nothing of FUSE.
+/// One published generation with every view rendered once, at the first read after its
+/// publication; pins hold it, so a pinned reader only copies bytes.
+public struct RenderedGeneration: Sendable {
+    public let published: Published
+    public let views: CredentialViews
+}
+
+/// Serves the views from the refresher's cache. Never touches the network and never
+/// waits. Knows nothing of FUSE.
 public final class CredentialViewSource: Sendable {
     let refresher: Refresher
-    let initialWait: TimeInterval
+    let initialWait: Duration
     let mountedAt: Date
     let version: String
     let region: String
     let clock: any RefreshClock
-    private let rendered = Mutex<(generation: Int, views: CredentialViews)?>(nil)
+    private let current = Mutex<RenderedGeneration?>(nil)
+    private let servingFacts = Mutex<(@Sendable () -> ServingFacts)?>(nil)
     /// Process group → the generation its field reads are pinned to.
     public let pins: GenerationPins
 
@@ -50,7 +68,7 @@ public final class CredentialViewSource: Sendable {
         pins: GenerationPins = GenerationPins()
     ) {
         self.refresher = refresher
-        self.initialWait = initialWait
+        self.initialWait = .milliseconds(Int64(min(max(initialWait, 0), 86_400) * 1000))
         self.mountedAt = mountedAt
         self.version = version
         self.region = region
@@ -63,90 +81,166 @@ public final class CredentialViewSource: Sendable {
     public func peek(_ view: CredentialView) -> ViewContent {
         if view == .status { return statusContent() }
         guard let published = refresher.serving() else { return .bytes([], mtime: mountedAt) }
-        return content(view, of: published)
+        return content(view, of: rendered(published))
     }
 
-    /// The content an open snapshots: waits up to `initialWait` for the very first
-    /// credentials; `.unavailable` when none are valid.
+    /// The content an open snapshots; `.pending` while the very first credentials are still
+    /// being fetched, `.unavailable` when none are valid.
     ///
-    /// - Parameter group: the reader's process group; field views read by one group within
-    ///   ``GenerationPins/window`` of its first field read come from one generation.
-    public func open(_ view: CredentialView, group: Int32? = nil) -> ViewContent {
+    /// - Parameters:
+    ///   - reader: the reader's process group and user; field views read by one group
+    ///     within ``GenerationPins/window`` of its first secret field read come from one
+    ///     generation. nil: no pinning (an unknown process).
+    public func open(_ view: CredentialView, reader: GenerationPins.Reader? = nil) -> ViewContent {
         if view == .status { return statusContent() }
-        guard let current = refresher.waitForServing(timeout: initialWait) else { return .unavailable }
-        guard view.isField, let group else { return content(view, of: current) }
-        return content(view, of: pins.generation(for: group, current: current, now: clock.now()))
+        guard let published = refresher.serving() else { return unavailable() }
+        let now = clock.now()
+        let generation = rendered(published)
+        guard view.isField, let reader else { return content(view, of: generation) }
+        return content(view, of: pins.generation(for: reader, current: generation, pin: view.startsPin, now: now))
+    }
+
+    /// What a lookup by `reader` finds: its pinned generation while the pin holds, else what
+    /// ``peek(_:)`` finds. Never creates a pin (only opens do).
+    public func lookup(_ view: CredentialView, reader: GenerationPins.Reader?) -> ViewContent {
+        guard view.isField, let reader, let published = refresher.serving() else { return peek(view) }
+        let current = rendered(published)
+        guard let pinned = pins.pinned(reader, now: clock.now()),
+            pinned.published.generation != current.published.generation
+        else { return content(view, of: current) }
+        return content(view, of: pinned)
+    }
+
+    /// Nothing valid to serve: wait while nothing was ever published, else fail.
+    func unavailable() -> ViewContent {
+        refresher.hasPublished ? .unavailable : .pending(timeout: initialWait)
     }
 
     public func status() -> StatusSnapshot {
-        refresher.status(mountedAt: mountedAt, version: version)
+        var snapshot = refresher.status(mountedAt: mountedAt, version: version)
+        snapshot.serving = servingFacts.withLock { $0 }?()
+        return snapshot
+    }
+
+    /// Where `status` learns how reads are served (set once the mount exists).
+    public func reportServing(_ facts: @escaping @Sendable () -> ServingFacts) {
+        servingFacts.withLock { $0 = facts }
     }
 
     func statusContent() -> ViewContent {
-        .bytes(Render.statusFile(status()), mtime: Date())
+        .bytes(Render.statusFile(status()), mtime: clock.now())
     }
 
-    func content(_ view: CredentialView, of published: Published) -> ViewContent {
-        let views = views(of: published)
-        let bytes: [UInt8]?
-        switch view {
-        case .credentials: bytes = views.credentials
-        case .accessKeyId: bytes = views.accessKeyId
-        case .accessKeySecret: bytes = views.accessKeySecret
-        case .token: bytes = views.token
-        case .expiration: bytes = views.expiration
-        case .env: bytes = views.env
-        case .configJSON: bytes = views.configJSON
-        case .status: bytes = nil
-        }
-        return bytes.map { .bytes($0, mtime: published.fetchedAt, generation: published.generation) }
-            ?? .absent
+    func content(_ view: CredentialView, of generation: RenderedGeneration) -> ViewContent {
+        guard let bytes = generation.views.bytes(of: view) else { return .absent }
+        return .bytes(bytes, mtime: generation.published.fetchedAt, generation: generation.published.generation)
     }
 
-    func views(of published: Published) -> CredentialViews {
-        rendered.withLock { cache in
-            if let cache, cache.generation == published.generation { return cache.views }
-            let views = CredentialViews(published.credentials, region: region)
-            cache = (published.generation, views)
-            return views
+    /// The rendered views of `published`, rendered once per generation.
+    func rendered(_ published: Published) -> RenderedGeneration {
+        current.withLock { slot in
+            if let slot, slot.published.generation == published.generation { return slot }
+            let generation = RenderedGeneration(
+                published: published, views: CredentialViews(published.credentials, region: region))
+            slot = generation
+            return generation
         }
     }
 }
 
-/// Pins each process group's field reads to the generation of its first field read, for
-/// ``window`` seconds (not sliding), while that generation is valid. Bounded: the oldest
-/// pin is dropped when full. Costs no upstream request.
+/// Pins each process group's field reads to the generation of its first secret field read,
+/// for ``window`` seconds (not sliding), while that generation is valid. Costs no upstream
+/// request.
+///
+/// Bounded, and fair between users: a user holds at most ``perUserCapacity`` pins (its own
+/// oldest goes first), and when the whole table is full the oldest pin of the user holding
+/// the most goes. A flood of process groups from one user never evicts another user's pin.
 public final class GenerationPins: Sendable {
-    public let window: TimeInterval
-    public let capacity: Int
-    private let pins = Mutex<[Int32: (published: Published, pinnedAt: Date)]>([:])
-
-    public init(window: TimeInterval = 10, capacity: Int = 4096) {
-        self.window = window
-        self.capacity = capacity
+    /// Who reads: the process group and its user. Readers whose pid the daemon cannot see
+    /// (another PID namespace) have no group and are not pinned.
+    public struct Reader: Sendable, Hashable {
+        public var group: Int32
+        public var uid: UInt32
+        public init(group: Int32, uid: UInt32) {
+            self.group = group
+            self.uid = uid
+        }
     }
 
-    public var count: Int { pins.withLock { $0.count } }
+    struct Pin {
+        var generation: RenderedGeneration
+        var pinnedAt: Date
+    }
 
-    /// The generation `group` reads now: its pin while fresh and valid, else `current`
-    /// (which becomes its new pin).
-    public func generation(for group: Int32, current: Published, now: Date) -> Published {
-        pins.withLock { pins in
-            if let pin = pins[group], now.timeIntervalSince(pin.pinnedAt) < window,
-                pin.published.credentials.isValid(at: now)
+    public let window: TimeInterval
+    public let capacity: Int
+    public let perUserCapacity: Int
+
+    private struct Table {
+        var pins: [Reader: Pin] = [:]
+        var perUser: [UInt32: Int] = [:]
+
+        mutating func set(_ reader: Reader, _ pin: Pin?) {
+            let had = pins[reader] != nil
+            pins[reader] = pin
+            let delta = (pin != nil ? 1 : 0) - (had ? 1 : 0)
+            guard delta != 0 else { return }
+            let count = perUser[reader.uid, default: 0] + delta
+            perUser[reader.uid] = count > 0 ? count : nil
+        }
+    }
+
+    private let table = Mutex(Table())
+
+    public init(window: TimeInterval = 10, capacity: Int = 4096, perUserCapacity: Int = 1024) {
+        self.window = window
+        self.capacity = max(1, capacity)
+        self.perUserCapacity = max(1, min(perUserCapacity, capacity))
+    }
+
+    public var count: Int { table.withLock { $0.pins.count } }
+
+    /// The reader's pin while fresh and valid; nil otherwise. Changes nothing.
+    public func pinned(_ reader: Reader, now: Date) -> RenderedGeneration? {
+        table.withLock { table in
+            guard let held = table.pins[reader], now.timeIntervalSince(held.pinnedAt) < window,
+                held.generation.published.credentials.isValid(at: now)
+            else { return nil }
+            return held.generation
+        }
+    }
+
+    /// The generation `reader` reads now: its pin while fresh and valid, else `current`
+    /// (which becomes its new pin when `pin` is true).
+    public func generation(for reader: Reader, current: RenderedGeneration, pin: Bool, now: Date)
+        -> RenderedGeneration
+    {
+        table.withLock { table in
+            if let held = table.pins[reader], now.timeIntervalSince(held.pinnedAt) < window,
+                held.generation.published.credentials.isValid(at: now)
             {
-                return pin.published
+                return held.generation
             }
-            if pins.count >= capacity {
-                pins = pins.filter { now.timeIntervalSince($0.value.pinnedAt) < window }
-                if pins.count >= capacity,
-                    let oldest = pins.min(by: { $0.value.pinnedAt < $1.value.pinnedAt })
-                {
-                    pins[oldest.key] = nil
-                }
+            table.set(reader, nil)
+            guard pin else { return current }
+            if table.perUser[reader.uid, default: 0] >= perUserCapacity {
+                evictOldest(of: reader.uid, from: &table, now: now)
+            } else if table.pins.count >= capacity, let heaviest = table.perUser.max(by: { $0.value < $1.value })?.key {
+                evictOldest(of: heaviest, from: &table, now: now)
             }
-            pins[group] = (current, now)
+            table.set(reader, Pin(generation: current, pinnedAt: now))
             return current
+        }
+    }
+
+    /// Drops the user's pins whose window has passed, or else its oldest one.
+    private func evictOldest(of uid: UInt32, from table: inout Table, now: Date) {
+        let theirs = table.pins.filter { $0.key.uid == uid }
+        let stale = theirs.filter { now.timeIntervalSince($0.value.pinnedAt) >= window }.map(\.key)
+        if !stale.isEmpty {
+            stale.forEach { table.set($0, nil) }
+        } else if let oldest = theirs.min(by: { $0.value.pinnedAt < $1.value.pinnedAt }) {
+            table.set(oldest.key, nil)
         }
     }
 }

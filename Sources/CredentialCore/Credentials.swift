@@ -52,16 +52,39 @@ public struct CredentialError: Error, Sendable, Equatable, CustomStringConvertib
 }
 
 /// UTC timestamps in the one format credfs writes: `2024-05-21T10:39:29Z`.
+///
+/// Every instant credfs accepts from outside lies in ``earliest``...``latest``
+/// (1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z, SPEC section 8): ``parse(_:)`` and
+/// ``epoch(_:)`` return nil for anything else, and ``format(_:)`` is total (it clamps to
+/// that range, so no Date, however odd, can trap it).
 public enum Timestamp {
+    /// 1970-01-01T00:00:00Z, in seconds since the epoch.
+    public static let earliest: Double = 0
+    /// 9999-12-31T23:59:59Z, in seconds since the epoch.
+    public static let latest: Double = 253_402_300_799
+
     public static func wholeSeconds(_ date: Date) -> Date {
         Date(timeIntervalSince1970: (date.timeIntervalSince1970).rounded(.down))
     }
 
-    /// `yyyy-MM-ddTHH:mm:ssZ`, UTC, whole seconds (fractions are dropped).
+    /// A helper's epoch number (seconds since 1970, fractions allowed) as a Date: nil when
+    /// it is not finite or not between 1970 and 9999.
+    public static func epoch(_ seconds: Double) -> Date? {
+        guard seconds.isFinite, seconds >= earliest, seconds < latest + 1 else { return nil }
+        return Date(timeIntervalSince1970: seconds)
+    }
+
+    /// `yyyy-MM-ddTHH:mm:ssZ`, UTC, whole seconds (fractions are dropped). Total: a date
+    /// before 1970 (or NaN) renders as 1970-01-01T00:00:00Z, one after 9999 as
+    /// 9999-12-31T23:59:59Z; neither ever comes from an accepted answer.
     public static func format(_ date: Date) -> String {
-        var t = time_t(date.timeIntervalSince1970.rounded(.down))
+        let raw = date.timeIntervalSince1970.rounded(.down)
+        // `!(raw >= earliest)` also catches NaN; the clamp keeps time_t(_:) and the year
+        // arithmetic below far from anything that could trap.
+        let seconds = !(raw >= earliest) ? earliest : min(raw, latest)
+        var t = time_t(seconds)
         var parts = tm()
-        gmtime_r(&t, &parts)
+        guard gmtime_r(&t, &parts) != nil else { return "1970-01-01T00:00:00Z" }
         func pad(_ v: Int32, _ width: Int) -> String {
             let s = String(v)
             return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
@@ -71,8 +94,15 @@ public enum Timestamp {
     }
 
     /// Parses RFC 3339 (`2024-05-21T10:39:29Z`, `…29.123Z`, `…29+08:00`); nil otherwise.
+    ///
+    /// Only real instants between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z (after the
+    /// offset is applied) are accepted: no Feb 30, no 24:00, and no leap second (`:60`,
+    /// which POSIX time cannot hold and no Alibaba Cloud service sends).
     public static func parse(_ text: String) -> Date? {
         let b = Array(text.utf8)
+        // The longest valid form is 25 characters plus the fraction; 64 is plenty and
+        // keeps the work bounded whatever an upstream sends.
+        guard b.count <= 64 else { return nil }
         var i = 0
         func digits(_ n: Int) -> Int? {
             guard i + n <= b.count else { return nil }
@@ -121,20 +151,22 @@ public enum Timestamp {
             return nil
         }
         guard i == b.count, (1...12).contains(month), (1...31).contains(day), hour < 24, minute < 60,
-            second < 61
+            second < 60
         else { return nil }
         var parts = tm()
-        // A leap second (:60) is held as :59 so timegm does not roll it into the next minute.
-        let clampedSecond = min(second, 59)
         parts.tm_year = Int32(year - 1900)
         parts.tm_mon = Int32(month - 1)
         parts.tm_mday = Int32(day)
         parts.tm_hour = Int32(hour)
         parts.tm_min = Int32(minute)
-        parts.tm_sec = Int32(clampedSecond)
+        parts.tm_sec = Int32(second)
         let epoch = timegm(&parts)
         // timegm normalises out-of-range days (Feb 30): reject those.
-        guard parts.tm_mday == Int32(day), parts.tm_mon == Int32(month - 1) else { return nil }
-        return Date(timeIntervalSince1970: Double(epoch) - Double(offset) + fraction)
+        guard parts.tm_mday == Int32(day), parts.tm_mon == Int32(month - 1)
+        else { return nil }
+        let instant = Double(epoch) - Double(offset)
+        // Whole seconds decide the range: 9999-12-31T23:59:59.9Z is still in it.
+        guard instant >= earliest, instant <= latest else { return nil }
+        return Date(timeIntervalSince1970: instant + fraction)
     }
 }

@@ -1,4 +1,5 @@
 import FoundationEssentials
+import Synchronization
 
 /// Where STS is (SPEC section 3): `--sts-endpoint`, else
 /// `sts[-vpc].<$ALIBABA_CLOUD_STS_REGION>.aliyuncs.com` (`-vpc` with
@@ -86,7 +87,7 @@ public enum STSAnswer {
 
     /// `application/x-www-form-urlencoded` / RPC query encoding: RFC 3986 unreserved
     /// characters stay, everything else is %XX (space as %20).
-    public static func percentEncode(_ text: String) -> String { Text.percentEncoded(text) }
+    public static func percentEncode(_ text: String) -> String { Redact.percentEncode(text) }
 
     public static func encode(_ parameters: [(String, String)]) -> String {
         parameters.map { percentEncode($0.0) + "=" + percentEncode($0.1) }.joined(separator: "&")
@@ -107,9 +108,13 @@ public struct OIDCProvider: CredentialProvider {
     public let endpoint: String
     let http: HTTPFetcher
     let now: @Sendable () -> Date
+    /// The token last read: an STS error may quote it.
+    let lastToken = TokenBox()
 
     public static let defaultDuration = 3600
     public static let minimumDuration = 900
+
+    public var secrets: [String] { lastToken.value.withLock { $0.map { [$0] } ?? [] } }
 
     public init(
         roleArn: String, oidcProviderArn: String, tokenFile: String, sessionName: String? = nil,
@@ -144,6 +149,7 @@ public struct OIDCProvider: CredentialProvider {
 
     public func fetch() async throws -> Credentials {
         let token = try Self.readToken(tokenFile)
+        lastToken.value.withLock { $0 = token }
         let time = now()
         let query: [(String, String)] = [
             ("Action", "AssumeRoleWithOIDC"), ("Format", "JSON"), ("Version", "2015-04-01"),
@@ -165,15 +171,17 @@ public struct OIDCProvider: CredentialProvider {
             action: "AssumeRoleWithOIDC", status: response.status, body: response.body, now: now())
     }
 
+    /// The token file, read through ``SmallFile``: a regular file of at most 64 KiB (a
+    /// FIFO, a device or a directory is an error, never a wait), white space around it
+    /// dropped.
     static func readToken(_ path: String) throws(CredentialError) -> String {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw CredentialError("cannot read the OIDC token file \(path)")
-        }
-        guard data.count <= AnswerParser.maxBodyBytes else {
-            throw CredentialError("the OIDC token file \(path) is larger than 64 KiB")
-        }
-        let token = Text.trimmed(String(decoding: data, as: UTF8.self))
+        let token = SmallFile.trimmed(try SmallFile.read(path, what: "OIDC token file"))
         guard !token.isEmpty else { throw CredentialError("the OIDC token file \(path) is empty") }
         return token
     }
+}
+
+/// A secret held for redaction only.
+final class TokenBox: Sendable {
+    let value = Mutex<String?>(nil)
 }

@@ -1,8 +1,6 @@
 import Foundation
-
-#if canImport(Glibc)
-    import Glibc
-#endif
+import Glibc
+import Posix
 
 /// `process`: runs a command (argv, no shell) and reads the `aliyun` CLI "External" JSON
 /// from its stdout:
@@ -33,7 +31,8 @@ public struct ProcessProvider: CredentialProvider {
         var sts_token: String?
         var expiration: Expiration?
 
-        /// RFC 3339 text, or seconds since the epoch.
+        /// RFC 3339 text, or seconds since the epoch (checked by ``AnswerParser/validate``:
+        /// a number outside 1970...9999, 1e308 or -1e19 included, is a rejected answer).
         enum Expiration: Decodable {
             case text(String)
             case epoch(Double)
@@ -45,10 +44,10 @@ public struct ProcessProvider: CredentialProvider {
                     self = .text(try container.decode(String.self))
                 }
             }
-            var rfc3339: String {
+            var expiry: AnswerParser.Expiry {
                 switch self {
-                case .text(let text): return text
-                case .epoch(let seconds): return Timestamp.format(Date(timeIntervalSince1970: seconds))
+                case .text(let text): return .text(text)
+                case .epoch(let seconds): return .epoch(seconds)
                 }
             }
         }
@@ -57,19 +56,37 @@ public struct ProcessProvider: CredentialProvider {
     public func fetch() async throws -> Credentials {
         let argv = self.argv
         let timeout = self.timeout
+        let environment = Self.environment(ProcessInfo.processInfo.environment)
+        // The child is watched from a thread of its own: never from Swift's small pool.
         let result = try await withCheckedThrowingContinuation {
             (continuation: CheckedContinuation<ChildResult, any Error>) in
-            let thread = Thread {
+            let started = startThread(name: "credfs-process") {
                 do {
-                    continuation.resume(returning: try ChildProcess.run(argv, timeout: timeout))
+                    continuation.resume(
+                        returning: try ChildProcess.run(argv, environment: environment, timeout: timeout))
                 } catch {
                     continuation.resume(throwing: error)
                 }
             }
-            thread.name = "credfs-process"
-            thread.start()
+            if !started { continuation.resume(throwing: CredentialError("process: cannot start a thread")) }
         }
         return try Self.parse(result, command: argv.first ?? "", now: Date())
+    }
+
+    /// The helper's environment, and all of it: PATH (this process's, or the standard
+    /// one), HOME, LANG, LC_ALL, TZ, the proxy variables and every `ALIBABA_CLOUD_*` and
+    /// `ALIYUN_*` variable. Nothing else of the daemon's environment reaches it.
+    public static func environment(_ from: [String: String]) -> [String] {
+        var kept = ["PATH": from["PATH"] ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+        for (key, value) in from {
+            let proxy = ["http_proxy", "https_proxy", "no_proxy"].contains(key.lowercased())
+            if ["HOME", "LANG", "LC_ALL", "TZ"].contains(key) || proxy || key.hasPrefix("ALIBABA_CLOUD_")
+                || key.hasPrefix("ALIYUN_")
+            {
+                kept[key] = value
+            }
+        }
+        return kept.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
     }
 
     static func parse(_ result: ChildResult, command: String, now: Date) throws(CredentialError)
@@ -99,7 +116,7 @@ public struct ProcessProvider: CredentialProvider {
             return try AnswerParser.validate(
                 accessKeyId: answer.access_key_id, accessKeySecret: answer.access_key_secret,
                 securityToken: mode == "AK" ? nil : answer.sts_token,
-                expiration: answer.expiration?.rfc3339,
+                expiry: answer.expiration?.expiry,
                 tokenRequired: mode == "StsToken", now: now)
         } catch {
             throw CredentialError("\(what): \(error.message)")
@@ -121,79 +138,63 @@ struct ChildResult: Sendable {
     }
 }
 
-/// posix_spawn with pipes, its own process group, default signal dispositions and an
-/// empty signal mask (the daemon ignores and blocks signals that a child must not inherit).
+/// Runs the helper: its own process group, stdin /dev/null, stdout and stderr on pipes
+/// that no other child inherits. Whatever it leaves running in its group is killed when it
+/// is done, and the whole group at the timeout.
 enum ChildProcess {
-    /// A pipe whose ends are not inherited by other children (posix_spawn's dup2 clears
-    /// the flag on the child's 1 and 2).
-    static func cloexecPipe(_ fds: inout [Int32]) -> Bool {
-        guard pipe(&fds) == 0 else { return false }
-        _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
-        _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
-        return true
-    }
-
-    static func run(_ argv: [String], timeout: TimeInterval) throws(CredentialError) -> ChildResult {
+    static func run(_ argv: [String], environment: [String], timeout: TimeInterval) throws(CredentialError)
+        -> ChildResult
+    {
         guard let program = argv.first, !program.isEmpty else {
             throw CredentialError("process: empty --command")
         }
-        var out: [Int32] = [-1, -1]
-        var err: [Int32] = [-1, -1]
-        guard cloexecPipe(&out) else {
+        guard let out = Spawn.pipe() else {
             throw CredentialError("process: pipe: \(String(cString: strerror(errno)))")
         }
-        guard cloexecPipe(&err) else {
-            close(out[0])
-            close(out[1])
+        guard let err = Spawn.pipe() else {
+            close(out.read)
+            close(out.write)
             throw CredentialError("process: pipe: \(String(cString: strerror(errno)))")
         }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, out[1], 1)
-        posix_spawn_file_actions_adddup2(&actions, err[1], 2)
-
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var defaults = sigset_t()
-        sigfillset(&defaults)
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        posix_spawnattr_setpgroup(&attributes, 0)
-        posix_spawnattr_setflags(
-            &attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP))
-
-        var pid: pid_t = 0
-        let cArgs = argv.map { strdup($0) } + [nil]
-        defer { cArgs.forEach { free($0) } }
-        let spawned = posix_spawnp(&pid, program, &actions, &attributes, cArgs, environ)
-        close(out[1])
-        close(err[1])
-        guard spawned == 0 else {
-            close(out[0])
-            close(err[0])
-            throw CredentialError("process \(program): cannot run: \(String(cString: strerror(spawned)))")
+        var spawn = Spawn(executable: program, arguments: argv)
+        spawn.environment = environment
+        spawn.stdout = .descriptor(out.write)
+        spawn.stderr = .descriptor(err.write)
+        spawn.newProcessGroup = true
+        let started = spawn.start()
+        close(out.write)
+        close(err.write)
+        guard case .success(let pid) = started else {
+            close(out.read)
+            close(err.read)
+            if case .failure(let error) = started {
+                throw CredentialError("process \(program): cannot run: \(error)")
+            }
+            throw CredentialError("process \(program): cannot run")
         }
 
         var result = ChildResult(timeout: timeout)
         var stderr: [UInt8] = []
-        let deadline = Date(timeIntervalSinceNow: timeout)
-        var open: [Int32] = [out[0], err[0]]
+        let deadline = ContinuousClock.now.advanced(by: .milliseconds(Int64(min(max(timeout, 0), 86_400) * 1000)))
+        var open: [Int32] = [out.read, err.read]
         var buffer = [UInt8](repeating: 0, count: 16384)
+        // Read until both pipes close or the helper has exited (a child it left in the
+        // background may hold the pipes open: it is killed below, not waited for).
+        var exited = false
         while !open.isEmpty {
-            let remaining = deadline.timeIntervalSinceNow
-            if remaining <= 0 {
+            let remaining = deadline - ContinuousClock.now
+            if remaining <= .zero {
                 result.timedOut = true
                 break
             }
+            let ms = Int32(clamping: remaining.components.seconds * 1000 + 1)
             var fds = open.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-            let ready = poll(&fds, nfds_t(fds.count), Int32(min(remaining * 1000 + 1, 60_000)))
-            if ready < 0, errno == EINTR { continue }
-            if ready <= 0 { continue }
+            let ready = poll(&fds, nfds_t(fds.count), exited ? 0 : min(ms, 50))
+            if ready <= 0 {
+                if exited { break }
+                exited = Spawn.hasExited(pid)
+                continue
+            }
             for entry in fds where entry.revents != 0 {
                 let n = read(entry.fd, &buffer, buffer.count)
                 if n <= 0 {
@@ -202,7 +203,7 @@ enum ChildProcess {
                     open.removeAll { $0 == entry.fd }
                     continue
                 }
-                if entry.fd == out[0] {
+                if entry.fd == out.read {
                     if result.stdout.count <= AnswerParser.maxBodyBytes { result.stdout += buffer[0..<n] }
                 } else if stderr.count < 4096 {
                     stderr += buffer[0..<n]
@@ -210,31 +211,22 @@ enum ChildProcess {
             }
         }
         for fd in open { close(fd) }
-        // Both pipes closed (or time ran out): the child should be gone or going.
-        var status: Int32 = 0
-        while !result.timedOut {
-            let reaped = waitpid(pid, &status, WNOHANG)
-            if reaped == pid { break }
-            if reaped < 0, errno != EINTR { break }
-            if deadline.timeIntervalSinceNow <= 0 {
+        // Both pipes closed (or time ran out): the child should be gone or going. It is
+        // left unreaped until its group is killed, so its pid (the group's id) cannot be
+        // reused by another process meanwhile.
+        while !result.timedOut, !Spawn.hasExited(pid) {
+            if ContinuousClock.now >= deadline {
                 result.timedOut = true
                 break
             }
             usleep(5_000)
         }
-        if result.timedOut {
-            kill(-pid, SIGKILL)
-            kill(pid, SIGKILL)
-            while waitpid(pid, &status, 0) < 0, errno == EINTR {}
-        }
-        // WIFEXITED / WEXITSTATUS / WTERMSIG, spelled out (they are macros in C).
-        let termSignal = status & 0x7F
-        if termSignal == 0 {
-            result.exitStatus = (status >> 8) & 0xFF
-        } else {
-            result.signal = termSignal
-            result.exitStatus = -1
-        }
+        // Nothing the helper started outlives it: its whole group goes.
+        kill(-pid, SIGKILL)
+        let status = Spawn.wait(pid)
+        let exit = ExitStatus(status)
+        result.signal = exit.signal
+        result.exitStatus = exit.code
         let line =
             String(decoding: stderr, as: UTF8.self).split(whereSeparator: \.isNewline).first.map(
                 String.init) ?? ""

@@ -121,6 +121,8 @@ public final class AutoProvider: CredentialProvider {
         }
     }
 
+    public var secrets: [String] { choice?.secrets ?? oidc?.secrets ?? [] }
+
     /// The source kept after the first success, if any.
     public var choice: (any CredentialProvider)? { chosen.withLock { $0 } }
 

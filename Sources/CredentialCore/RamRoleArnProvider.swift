@@ -103,6 +103,11 @@ public final class RamRoleArnProvider: CredentialProvider {
         self.nonce = nonce
     }
 
+    /// The source's key, secret and token, and whatever its provider knows: STS may quote them.
+    public var secrets: [String] {
+        (source.serving()?.credentials.secrets ?? []) + source.provider.secrets
+    }
+
     /// Upstream requests the source has made so far (its refresher's count).
     public var sourceRequests: Int { source.machine.upstreamRequests }
 
@@ -158,16 +163,7 @@ public final class RamRoleArnProvider: CredentialProvider {
     /// A second guard: whatever STS quoted back, no part of the signing secret or token
     /// reaches the log or `status`.
     static func redacting(_ signer: Credentials, from error: CredentialError) -> CredentialError {
-        var message = error.message
-        for secret in [signer.accessKeySecret, signer.securityToken ?? ""] where secret.count >= 8 {
-            for form in [
-                secret, STSAnswer.percentEncode(secret), STSAnswer.percentEncode(STSAnswer.percentEncode(secret)),
-            ] {
-                message = message.replacing(form, with: "(redacted)")
-            }
-            // A quote cut short by the length limit still starts with the secret's head.
-            message = message.replacing(String(secret.prefix(8)), with: "(redacted)")
-        }
+        let message = Redact.text(error.message, secrets: signer.secrets)
         return message == error.message ? error : CredentialError(message)
     }
 

@@ -177,6 +177,8 @@ public struct StatusSnapshot: Sendable, Equatable {
     public var upstreamRequests: Int
     public var mountedAt: Date
     public var version: String
+    /// How the mount serves reads, when the caller knows (the daemon does).
+    public var serving: ServingFacts?
 
     public init(
         machine: RefreshMachine, provider: String, mountedAt: Date, version: String, now: Date
@@ -196,5 +198,21 @@ public struct StatusSnapshot: Sendable, Equatable {
         upstreamRequests = machine.upstreamRequests
         self.mountedAt = mountedAt
         self.version = version
+    }
+}
+
+/// Facts about how reads are served, from the FUSE side, for `status`.
+public struct ServingFacts: Sendable, Equatable {
+    /// `default`, or `kernel-cache` when opens never reach the daemon.
+    public var mode: String
+    /// Requests waiting for the first credentials now.
+    public var parkedRequests: Int
+    /// OPEN requests the daemon has answered since it started.
+    public var openRequests: Int
+
+    public init(mode: String, parkedRequests: Int, openRequests: Int) {
+        self.mode = mode
+        self.parkedRequests = parkedRequests
+        self.openRequests = openRequests
     }
 }

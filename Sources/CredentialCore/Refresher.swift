@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Logging
 import Synchronization
 
@@ -7,6 +7,13 @@ public protocol CredentialProvider: Sendable {
     /// The provider's name as `status` and the log show it (`uri`, `demo`, …).
     var name: String { get }
     func fetch() async throws -> Credentials
+    /// Secrets this provider knows besides the credentials it returns (a source's key, an
+    /// OIDC token): taken out of any upstream text credfs keeps.
+    var secrets: [String] { get }
+}
+
+extension CredentialProvider {
+    public var secrets: [String] { [] }
 }
 
 /// Time for the refresher: injectable so tests run on a virtual clock.
@@ -47,7 +54,6 @@ public final class Refresher: Sendable {
     }
     let inner: Mutex<Inner>
     let wakeup = Wakeup()
-    let arrivals = Arrivals()
 
     public init(
         provider: any CredentialProvider,
@@ -78,19 +84,8 @@ public final class Refresher: Sendable {
         return inner.withLock { $0.machine.serving(at: now) }
     }
 
-    /// Like ``serving()``, but while the very first credentials are still being fetched it
-    /// blocks the calling thread up to `timeout` seconds for them (SPEC section 2 item 6).
-    /// For FUSE worker threads; never call it from an async context.
-    public func waitForServing(timeout: TimeInterval) -> Published? {
-        let deadline = Date(timeIntervalSinceNow: timeout)
-        return arrivals.wait(until: deadline) {
-            let now = clock.now()
-            return inner.withLock { inner in
-                let published = inner.machine.published
-                return (inner.machine.serving(at: now), published != nil)
-            }
-        }
-    }
+    /// True once any credentials were published (even if they have expired since).
+    public var hasPublished: Bool { inner.withLock { $0.machine.published != nil } }
 
     public func status(mountedAt: Date, version: String) -> StatusSnapshot {
         let now = clock.now()
@@ -172,7 +167,6 @@ public final class Refresher: Sendable {
                 if case .rotated = outcome { inner.loggedExpiry = false }
                 return (outcome, inner.machine.published!)
             }
-            arrivals.broadcast()
             if case .rotated(let generation) = outcome {
                 onPublish(published)
                 logger.info(
@@ -186,15 +180,19 @@ public final class Refresher: Sendable {
                 logger.info("upstream repeated the credentials held; asking again later")
             }
         case .failure(let error):
-            let failures = inner.withLock { inner in
-                inner.machine.failed(error.message, at: now, jitter: jitter)
-                return inner.machine.consecutiveFailures
+            // Upstream text may quote a secret: what reaches status, STATUS= and the log
+            // has every secret credfs knows and every URL query taken out.
+            let (message, failures) = inner.withLock { inner in
+                var known = provider.secrets
+                if let held = inner.machine.published?.credentials { known += held.secrets }
+                let message = Redact.text(error.message, secrets: known)
+                inner.machine.failed(message, at: now, jitter: jitter)
+                return (message, inner.machine.consecutiveFailures)
             }
-            arrivals.broadcast()
-            onFailure(error.message, failures)
+            onFailure(message, failures)
             logger.warning(
                 "refresh failed",
-                metadata: ["error": "\(error.message)", "consecutiveFailures": "\(failures)"])
+                metadata: ["error": "\(message)", "consecutiveFailures": "\(failures)"])
         }
     }
 }
@@ -236,29 +234,6 @@ final class Wakeup: Sendable {
                 return s.waiter
             }
             waiter?.resume()
-        }
-    }
-}
-
-/// Lets reader threads block until the first credentials arrive (or a deadline passes).
-final class Arrivals: @unchecked Sendable {
-    private let condition = NSCondition()
-
-    func broadcast() {
-        condition.lock()
-        condition.broadcast()
-        condition.unlock()
-    }
-
-    /// Waits until `check` yields a value, until it reports that credentials were already
-    /// published once (then only the current answer counts), or until the deadline.
-    func wait(until deadline: Date, check: () -> (Published?, everPublished: Bool)) -> Published? {
-        condition.lock()
-        defer { condition.unlock() }
-        while true {
-            let (value, everPublished) = check()
-            if value != nil || everPublished { return value }
-            if !condition.wait(until: deadline) { return check().0 }
         }
     }
 }

@@ -48,7 +48,7 @@ public enum Render {
         func str(_ v: String?) -> String { v.map(jsonString) ?? "null" }
         func time(_ v: Date?) -> String { str(v.map(Timestamp.format)) }
         func int(_ v: Int?) -> String { v.map(String.init) ?? "null" }
-        let fields: [(String, String)] = [
+        var fields: [(String, String)] = [
             ("state", str(s.state.rawValue)),
             ("provider", str(s.provider)),
             ("generation", int(s.generation)),
@@ -63,6 +63,12 @@ public enum Render {
             ("mountedAt", time(s.mountedAt)),
             ("version", str(s.version)),
         ]
+        if let serving = s.serving {
+            fields += [
+                ("mode", str(serving.mode)), ("parkedRequests", int(serving.parkedRequests)),
+                ("openRequests", int(serving.openRequests)),
+            ]
+        }
         let body = fields.map { "  \(jsonString($0.0)): \($0.1)" }.joined(separator: ",\n")
         return Array(("{\n" + body + "\n}\n").utf8)
     }
@@ -87,6 +93,20 @@ public struct CredentialViews: Sendable {
         accessKeySecret = Array(c.accessKeySecret.utf8)
         token = c.securityToken.map { Array($0.utf8) }
         expiration = Render.expirationFile(c)
+    }
+
+    /// The bytes of `view`; nil when these credentials have none (or for `status`).
+    public func bytes(of view: CredentialView) -> [UInt8]? {
+        switch view {
+        case .credentials: credentials
+        case .accessKeyId: accessKeyId
+        case .accessKeySecret: accessKeySecret
+        case .token: token
+        case .expiration: expiration
+        case .env: env
+        case .configJSON: configJSON
+        case .status: nil
+        }
     }
 }
 

@@ -1,12 +1,19 @@
 import CFuse3
-import Foundation
+import FoundationEssentials
+import Glibc
+import Posix
+import Synchronization
 
-/// Options for ``FuseFileSystem/mount(at:)``.
+/// Options for ``FuseFileSystem/mount()``.
 public struct MountOptions: Sendable {
     public var fsName = "credfs"
     public var subtype = "credfs"
     public var allowOther = false
     public var maxThreads: UInt32 = 16
+    /// Ask the kernel to stop sending OPEN and RELEASE (`FUSE_CAP_NO_OPEN_SUPPORT`): opens
+    /// of versioned files are then answered from the page cache without a round trip.
+    /// Per-open decisions (``VirtualFile/open``) no longer happen; lookups decide.
+    public var kernelCache = false
     /// libfuse prints every request to stderr (`-d`): for counting round trips.
     public var debug = false
 
@@ -27,6 +34,16 @@ public struct FuseError: Error, CustomStringConvertible {
     public let description: String
 }
 
+/// Counts of requests the bridge answered, by kind: what the kernel asked, for tests and
+/// `status`.
+public struct RequestCounts: Sendable, Equatable {
+    public var lookup = 0
+    public var open = 0
+    public var read = 0
+    public var getattr = 0
+    public var parked = 0
+}
+
 /// Serves a ``VirtualDirectory`` through libfuse3's low-level API.
 ///
 /// ``VirtualFile/Caching/perOpen`` files: every open takes one snapshot of the bytes and
@@ -38,21 +55,56 @@ public struct FuseError: Error, CustomStringConvertible {
 /// from its caches and an open costs one round trip. ``invalidate(_:)`` drops the name's
 /// dentry when the version changes; an open that still reaches an old version's inode is
 /// answered ESTALE, which makes the kernel look the name up again.
-public final class FuseFileSystem: @unchecked Sendable {
+///
+/// No request handler ever waits: content that is not there yet parks the request
+/// (``VirtualFile/Content/pending(timeout:)``) until ``wake()`` or its deadline.
+public final class FuseFileSystem: Sendable {
     public let tree: VirtualDirectory
     public let mountpoint: String
     let options: MountOptions
-    private var session: OpaquePointer?
-    private let lock = NSLock()
-    private var detached = false
-    private var running = false
-    private var waiters: [CheckedContinuation<Void, Never>] = []
     let versions = VersionTable()
+    let handles = HandleTable<OpenHandle>()
+    let parking = Parking()
+    let counters = Mutex(RequestCounts())
+    /// Set by the init callback: the kernel agreed to stop sending OPEN.
+    let noOpen = Atomic<Bool>(false)
+    /// Set once an OPEN was answered ENOSYS: the kernel sends no more OPENs.
+    let opensEndedFlag = Atomic<Bool>(false)
+
+    private struct State: @unchecked Sendable {
+        var session: OpaquePointer?
+        var detached = false
+        var running = false
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+    private let state = Mutex(State())
+
     /// Entry and attribute timeout of versioned inodes, in seconds.
     static let versionedTimeout: Double = 86_400
 
     /// How many versioned inodes the kernel holds (old versions go at their last FORGET).
     public var versionedInodeCount: Int { versions.count }
+    /// Open file and directory handles.
+    public var openHandleCount: Int { handles.count }
+    /// Requests waiting for content.
+    public var parkedCount: Int { parking.count }
+    /// What the kernel has asked so far.
+    public var requestCounts: RequestCounts { counters.withLock { $0 } }
+    /// True when the kernel agreed it may stop sending OPEN (``MountOptions/kernelCache``).
+    public var opensBypassDaemon: Bool { noOpen.load(ordering: .relaxed) }
+    /// True once it has stopped: opens no longer reach the daemon.
+    public var opensEnded: Bool { opensEndedFlag.load(ordering: .relaxed) }
+
+    /// Every file holds versioned content now (or is absent): opens may end.
+    var everyFileVersioned: Bool {
+        tree.files.allSatisfy { file in
+            switch file.peek() {
+            case .absent: true
+            case .bytes(_, _, let version): file.caching == .versioned && version != 0
+            case .failure, .pending: false
+            }
+        }
+    }
 
     public init(tree: VirtualDirectory, mountpoint: String, options: MountOptions = MountOptions()) {
         self.tree = tree
@@ -61,10 +113,11 @@ public final class FuseFileSystem: @unchecked Sendable {
     }
 
     deinit {
+        let session = state.withLock { $0.session }
         if let session { fuse_session_destroy(session) }
     }
 
-    /// Creates the session and mounts it. The kernel queues requests until ``run()``.
+    /// Creates the session and mounts it. The kernel queues requests until ``start()``.
     public func mount() throws {
         var args = fuse_args(argc: 0, argv: nil, allocated: 0)
         defer { fuse_opt_free_args(&args) }
@@ -81,26 +134,26 @@ public final class FuseFileSystem: @unchecked Sendable {
             fuse_session_destroy(se)
             throw FuseError(description: "cannot mount FUSE at \(mountpoint)")
         }
-        lock.withLock { session = se }
+        state.withLock { $0.session = se }
     }
 
     /// Starts serving requests on a multithreaded loop, on a thread of its own (never on
-    /// Swift's cooperative pool). The loop ends when the mount goes away or on ``stop()``.
+    /// Swift's cooperative pool), and the parking timer. The loop ends when the mount goes
+    /// away or on ``stop()``.
     public func start() {
-        guard let se = lock.withLock({ session }) else { return }
+        guard let se = state.withLock({ $0.session }) else { return }
         let maxThreads = options.maxThreads
         nonisolated(unsafe) let loopSession = se
-        let thread = Thread { [self] in
-            let se = loopSession
+        state.withLock { $0.running = true }
+        parking.runTimer { [self] expired in expired.forEach { resume($0) } }
+        let started = startThread(name: "fuse-loop") { [self] in
             let config = fuse_loop_cfg_create()
             fuse_loop_cfg_set_max_threads(config, maxThreads)
-            _ = fuse_session_loop_mt(se, config)
+            _ = fuse_session_loop_mt(loopSession, config)
             fuse_loop_cfg_destroy(config)
             loopEnded()
         }
-        thread.name = "fuse-loop"
-        lock.withLock { running = true }
-        thread.start()
+        if !started { loopEnded() }
     }
 
     /// Returns once the loop has ended, or at most `grace` seconds after ``stop()`` if
@@ -108,9 +161,9 @@ public final class FuseFileSystem: @unchecked Sendable {
     /// reads).
     public func waitUntilStopped() async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let done = lock.withLock { () -> Bool in
-                if !running { return true }
-                waiters.append(c)
+            let done = state.withLock { s -> Bool in
+                if !s.running { return true }
+                s.waiters.append(c)
                 return false
             }
             if done { c.resume() }
@@ -118,53 +171,59 @@ public final class FuseFileSystem: @unchecked Sendable {
     }
 
     private func loopEnded() {
-        let resume = lock.withLock { () -> [CheckedContinuation<Void, Never>] in
-            running = false
-            if !detached, let se = session { fuse_session_unmount(se) }
-            detached = true
-            defer { waiters = [] }
-            return waiters
+        answerParked(parking.stop(), errno: EIO)
+        let resume = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            s.running = false
+            if !s.detached, let se = s.session { fuse_session_unmount(se) }
+            s.detached = true
+            defer { s.waiters = [] }
+            return s.waiters
         }
         resume.forEach { $0.resume() }
     }
 
     /// Ends the loop and detaches the mount. Readers still holding files keep their
-    /// snapshots until they close them, or until `grace` seconds have passed and the
-    /// waiters of ``waitUntilStopped()`` are released.
-    public func stop(grace: TimeInterval = 0.5) {
-        lock.withLock {
-            guard let se = session else { return }
+    /// snapshots until they close them, or until `grace` has passed and the waiters of
+    /// ``waitUntilStopped()`` are released.
+    public func stop(grace: Duration = .milliseconds(500)) {
+        answerParked(parking.stop(), errno: EIO)
+        state.withLock { s in
+            guard let se = s.session else { return }
             fuse_session_exit(se)
-            if !detached {
-                detached = true
+            if !s.detached {
+                s.detached = true
                 Self.detach(mountpoint)
             }
         }
-        DispatchQueue.global().asyncAfter(deadline: .now() + grace) { [self] in
-            let resume = lock.withLock { () -> [CheckedContinuation<Void, Never>] in
-                defer { waiters = [] }
-                return waiters
+        Task { [self] in
+            try? await Task.sleep(for: grace)
+            let resume = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+                defer { s.waiters = [] }
+                return s.waiters
             }
             resume.forEach { $0.resume() }
         }
     }
 
+    /// Asks parked requests again: call it when content may have become available (new
+    /// credentials published), never from inside a request handler.
+    public func wake() {
+        parking.takeAll().forEach { resume($0) }
+    }
+
     /// Drops what the kernel caches for the named files (data and attributes). Call it
-    /// after their content changed, and never from inside a request handler.
+    /// after their content changed, after ``wake()``, and never from inside a request
+    /// handler: an entry invalidation waits for lookups in progress (a parked one too).
     public func invalidate(_ names: [String]) {
-        lock.withLock {
-            guard let se = session, running, !detached else { return }
-            for name in names {
-                guard let index = tree.index(named: name) else { continue }
-                switch tree.files[index].caching {
-                case .perOpen:
-                    _ = fuse_lowlevel_notify_inval_inode(se, tree.inode(of: index), 0, 0)
-                case .versioned:
-                    // The unversioned inode may hold data from a pending period, too.
-                    _ = fuse_lowlevel_notify_inval_inode(se, tree.inode(of: index), 0, 0)
-                    _ = fuse_lowlevel_notify_inval_entry(
-                        se, VirtualDirectory.rootInode, name, name.utf8.count)
-                }
+        // Not under the lock: the kernel may hold an entry invalidation until a lookup in
+        // progress in the directory is answered.
+        guard let se = state.withLock({ $0.running && !$0.detached ? $0.session : nil }) else { return }
+        for name in names {
+            guard let index = tree.index(named: name) else { continue }
+            // The unversioned inode may hold data from a pending period, too.
+            _ = fuse_lowlevel_notify_inval_inode(se, tree.inode(of: index), 0, 0)
+            if tree.files[index].caching == .versioned {
+                _ = fuse_lowlevel_notify_inval_entry(se, VirtualDirectory.rootInode, name, name.utf8.count)
             }
         }
     }
@@ -177,24 +236,20 @@ public final class FuseFileSystem: @unchecked Sendable {
     }
 
     static func runFusermount(_ arguments: [String]) -> Bool {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/fusermount3")
-        process.arguments = arguments
-        process.standardError = FileHandle.nullDevice
-        do {
-            try process.run()
-            process.waitUntilExit()
-            return process.terminationStatus == 0
-        } catch {
-            return false
-        }
+        var spawn = Spawn(executable: "/usr/bin/fusermount3", arguments: ["fusermount3"] + arguments)
+        spawn.stderr = .null
+        return spawn.run()
+    }
+
+    func count(_ update: (inout RequestCounts) -> Void) {
+        counters.withLock { update(&$0) }
     }
 
     // MARK: request handling (called by FuseOps on libfuse's worker threads)
 
     func attributes(inode: UInt64) -> (stat, exists: Bool) {
         var st = stat()
-        st.st_ino = UInt(inode)
+        st.st_ino = UInt(truncatingIfNeeded: inode)
         st.st_blksize = 4096
         if inode == VirtualDirectory.rootInode {
             st.st_mode = S_IFDIR | tree.permissions
@@ -212,7 +267,7 @@ public final class FuseFileSystem: @unchecked Sendable {
         switch file.peek() {
         case .absent:
             return (st, false)
-        case .failure:
+        case .failure, .pending:
             return (st, true)
         case .bytes(let bytes, let mtime, _):
             st.setContent(count: bytes.count, mtime: mtime)
@@ -224,7 +279,7 @@ public final class FuseFileSystem: @unchecked Sendable {
     func attributes(of node: VersionTable.Node) -> stat {
         let file = tree.files[node.fileIndex]
         var st = stat()
-        st.st_ino = UInt(node.inode)
+        st.st_ino = UInt(truncatingIfNeeded: node.inode)
         st.st_blksize = 4096
         st.st_mode = S_IFREG | file.permissions
         st.st_nlink = 1
@@ -233,18 +288,33 @@ public final class FuseFileSystem: @unchecked Sendable {
         st.setContent(count: node.bytes.count, mtime: node.mtime)
         return st
     }
+
+    /// Answers a parked request again: its content may be there now, or its time is up.
+    func resume(_ entry: Parking.Entry) {
+        switch entry.kind {
+        case .open(let inode, var info, let caller):
+            FuseOps.answerOpen(
+                entry.request, fs: self, inode: inode, info: &info, caller: caller, deadline: entry.deadline)
+        case .lookup(let name, let caller):
+            FuseOps.answerLookup(entry.request, fs: self, name: name, caller: caller, deadline: entry.deadline)
+        }
+    }
+
+    func answerParked(_ entries: [Parking.Entry], errno code: Int32) {
+        for entry in entries { _ = fuse_reply_err(entry.request, code) }
+    }
 }
 
-/// The snapshot one open reads from.
-final class OpenFile {
-    let bytes: [UInt8]
-    init(bytes: [UInt8]) { self.bytes = bytes }
+/// What an open handle holds: one open's snapshot, or one opendir's listing.
+enum OpenHandle: Sendable {
+    case file([UInt8])
+    case directory([DirectoryEntry])
 }
 
-/// The names one opendir lists.
-final class OpenDirectory {
-    let entries: [(name: String, inode: UInt64, mode: mode_t)]
-    init(entries: [(name: String, inode: UInt64, mode: mode_t)]) { self.entries = entries }
+struct DirectoryEntry: Sendable {
+    let name: String
+    let inode: UInt64
+    let mode: mode_t
 }
 
 extension stat {
@@ -254,11 +324,12 @@ extension stat {
         setTimes(mtime)
     }
 
-    /// Sets `st_mtim`, `st_ctim` and `st_atim` to one instant.
+    /// Sets `st_mtim`, `st_ctim` and `st_atim` to one instant (clamped to what time_t holds).
     mutating func setTimes(_ date: Date) {
-        let seconds = date.timeIntervalSince1970.rounded(.down)
-        let time = timespec(
-            tv_sec: Int(seconds), tv_nsec: Int((date.timeIntervalSince1970 - seconds) * 1e9))
+        let since = date.timeIntervalSince1970
+        let seconds = since.isFinite ? min(max(since.rounded(.down), -1e15), 1e15) : 0
+        let nanos = since.isFinite ? min(max((since - seconds) * 1e9, 0), 999_999_999) : 0
+        let time = timespec(tv_sec: Int(seconds), tv_nsec: Int(nanos))
         st_mtim = time
         st_ctim = time
         st_atim = time

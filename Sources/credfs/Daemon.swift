@@ -1,52 +1,46 @@
-import Foundation
+import FoundationEssentials
+import Glibc
+import Posix
 
 /// `mount` without `-f`: re-execute this program with `-f` in a new session and wait on a
 /// pipe until the child says the mount is live (or why it is not). No fork() of a process
 /// that already runs Swift threads.
+///
+/// The daemon keeps nothing of its caller: stdin, stdout and stderr are /dev/null (so
+/// `x=$(credfs mount … 2>&1)` returns), its log goes to `--log-file` or the system log,
+/// and it leaves the caller's working directory.
 enum Daemon {
     static func spawnAndWait(arguments: [String]) throws {
-        var fds: [Int32] = [-1, -1]
-        guard pipe(&fds) == 0 else { throw Failure(message: "pipe: \(MountPoint.describe(errno))") }
-        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        let readEnd = fds[0]
-        let writeEnd = fds[1]
+        guard let pipe = Spawn.pipe() else { throw Failure(message: "pipe: \(MountPoint.describe(errno))") }
         let childFd: Int32 = 3
 
         // The daemon outlives this process: it must not keep any descriptor it was not
         // given (a caller's pipe or socket would never see EOF).
         closeOnExecAll(except: [0, 1, 2])
 
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, writeEnd, childFd)
-
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        let setsid: Int16 = 0x80  // POSIX_SPAWN_SETSID (glibc)
-        posix_spawnattr_setflags(&attributes, setsid)
-
-        let argv =
-            ["credfs", "mount"] + arguments
-            + ["--foreground", "--ready-fd", String(childFd)]
-        var cArgs = argv.map { strdup($0) } + [nil]
-        defer { cArgs.forEach { free($0) } }
-        var pid = pid_t()
-        let spawned = posix_spawn(&pid, "/proc/self/exe", &actions, &attributes, &cArgs, environ)
-        close(writeEnd)
-        guard spawned == 0 else {
-            close(readEnd)
-            throw Failure(message: "cannot start the daemon: \(MountPoint.describe(spawned))")
+        var spawn = Spawn(
+            executable: "/proc/self/exe",
+            arguments: ["credfs", "mount"] + arguments + ["--foreground", "--ready-fd", String(childFd)])
+        spawn.stdin = .null
+        spawn.stdout = .null
+        spawn.stderr = .null
+        spawn.descriptors = [(childFd, pipe.write)]
+        spawn.newSession = true
+        let started = spawn.start()
+        close(pipe.write)
+        let pid: pid_t
+        switch started {
+        case .success(let child): pid = child
+        case .failure(let error):
+            close(pipe.read)
+            throw Failure(message: "cannot start the daemon: \(error)")
         }
 
         // Read until the child reports, or closes the pipe by exiting.
         var answer = [UInt8]()
         var buffer = [UInt8](repeating: 0, count: 512)
-        while true {
-            let n = read(readEnd, &buffer, buffer.count)
+        while answer.count < 4096 {
+            let n = read(pipe.read, &buffer, buffer.count)
             if n > 0 {
                 answer += buffer[0..<n]
                 continue
@@ -54,15 +48,13 @@ enum Daemon {
             if n < 0, errno == EINTR { continue }
             break
         }
-        close(readEnd)
-        let text = String(decoding: answer, as: UTF8.self).trimmingCharacters(
-            in: .whitespacesAndNewlines)
+        close(pipe.read)
+        let text = String(decoding: answer, as: UTF8.self).split(whereSeparator: \.isNewline).first.map(String.init)
         if text == "ready" { return }
         var status: Int32 = 0
         waitpid(pid, &status, WNOHANG)
-        throw Failure(
-            message: text.hasPrefix("error: ")
-                ? String(text.dropFirst(7)) : "the daemon exited before the mount was live")
+        if let text, text.hasPrefix("error: ") { throw Failure(message: String(text.dropFirst(7))) }
+        throw Failure(message: "the daemon exited before the mount was live")
     }
 }
 

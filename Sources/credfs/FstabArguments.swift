@@ -42,27 +42,82 @@ enum FstabArguments {
                 guard index < rest.count else {
                     return .failure(Failure(message: "-o needs a value", code: 64))
                 }
-                let options = rest[index]
+                let list = rest[index]
                 index += 1
-                for option in options.split(separator: ",").map(String.init) where !option.isEmpty {
-                    let parts = option.split(separator: "=", maxSplits: 1).map(String.init)
-                    let key = parts[0]
-                    if ignored.contains(key) || key.hasPrefix("x-") || key == "comment" || key == "fsname"
-                        || key == "subtype"
-                    {
-                        continue
-                    }
-                    flags.append("--" + key.replacing("_", with: "-"))
-                    if parts.count == 2 { flags.append(parts[1]) }
+                switch mountFlags(options: list) {
+                case .success(let more): flags += more
+                case .failure(let failure): return .failure(failure)
                 }
             case "-n", "-s", "-v", "-f":
                 continue  // mount(8)'s own: no mtab, sloppy, verbose, fake
             case "-t", "-N":
                 index += 1  // type, namespace: not ours
             default:
-                return .failure(Failure(message: "unexpected mount helper argument '\(arg)'", code: 64))
+                return .failure(
+                    Failure(message: "unexpected mount helper argument '\(printable(arg))'", code: 64))
             }
         }
         return .success(["mount", mountpoint] + flags)
+    }
+
+    /// One `-o` list → `credfs mount` flags: `key` → `--key`, `key=value` → `--key=value`
+    /// (the `=` form, so a value that starts with `-` stays a value), `_` → `-` in keys.
+    /// Empty items (`,,`) are skipped; mount(8)'s own options, `x-*`/`X-*` (systemd,
+    /// util-linux), `comment=`, `fsname=` and `subtype=` are ignored. An empty key
+    /// (`=`, `=x`), a key that is not `[a-z][a-z0-9_-]*`, or an empty value (`provider=`) is
+    /// an error: exit 64, one line. A value cannot hold a comma (mount(8) splits on
+    /// them): a session policy goes in through `policy_file=PATH`.
+    static func mountFlags(options list: String) -> Result<[String], Failure> {
+        var flags: [String] = []
+        for item in list.split(separator: ",", omittingEmptySubsequences: true) {
+            let key: Substring
+            let value: Substring?
+            if let equals = item.firstIndex(of: "=") {
+                key = item[..<equals]
+                value = item[item.index(after: equals)...]
+            } else {
+                key = item
+                value = nil
+            }
+            let lowered = key.lowercased()
+            if ignored.contains(lowered) || lowered.hasPrefix("x-") || lowered == "comment"
+                || lowered == "fsname" || lowered == "subtype"
+            {
+                continue
+            }
+            guard !key.isEmpty else {
+                return .failure(Failure(message: "-o: an option with an empty name ('=')", code: 64))
+            }
+            guard key.utf8.count <= 64,
+                key.utf8.allSatisfy({
+                    ($0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "z"))
+                        || ($0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9")) || $0 == UInt8(ascii: "_")
+                        || $0 == UInt8(ascii: "-")
+                }), let first = key.utf8.first, first >= UInt8(ascii: "a"), first <= UInt8(ascii: "z")
+            else {
+                return .failure(
+                    Failure(
+                        message:
+                            "-o: option names are a lower-case letter, then letters, digits, '_' and '-' (got an option that is not)",
+                        code: 64))
+            }
+            let flag = "--" + String(key.map { $0 == "_" ? "-" : $0 })
+            if let value {
+                guard !value.isEmpty else {
+                    return .failure(Failure(message: "-o: \(key)= needs a value", code: 64))
+                }
+                flags.append(flag + "=" + value)
+            } else {
+                flags.append(flag)
+            }
+        }
+        return .success(flags)
+    }
+
+    /// `text` for a one-line message: at most 64 characters, anything but printable ASCII
+    /// shown as `?`.
+    static func printable(_ text: String) -> String {
+        let shown = text.utf8.prefix(64).map { $0 >= 0x20 && $0 < 0x7F ? Character(UnicodeScalar($0)) : "?" }
+        return String(shown) + (text.utf8.count > 64 ? "…" : "")
     }
 }

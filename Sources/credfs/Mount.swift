@@ -24,10 +24,10 @@ struct Mount: AsyncParsableCommand {
     var allowOther = false
 
     @Option(help: "Owner of the secret files (default: the mounting user).")
-    var uid: UInt32?
+    var uid: OwnerID?
 
     @Option(help: "Group of the secret files (default: the mounting user's).")
-    var gid: UInt32?
+    var gid: OwnerID?
 
     @Option(help: "Octal mode of the secret files.")
     var mode: Octal = Octal(argument: "0400")!
@@ -48,6 +48,16 @@ struct Mount: AsyncParsableCommand {
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: Logger.Level = .info
 
+    @Flag(
+        help: ArgumentHelp(
+            "Serve reads from the kernel's page cache: no daemon round trip per open.",
+            discussion: "Field files are then not pinned per process group; read env or credentials for several fields."
+        ))
+    var kernelCache = false
+
+    @Option(help: "Append the log to this file (default: stderr; in the background, the system log).")
+    var logFile: String?
+
     @Option(help: .hidden)
     var readyFd: Int32?
 
@@ -55,8 +65,8 @@ struct Mount: AsyncParsableCommand {
     var fuseDebug = false
 
     func validate() throws {
-        if let refreshBefore, refreshBefore.value <= 0 {
-            throw ValidationError("--refresh-before must be more than 0 seconds")
+        if let refreshBefore, refreshBefore.value <= 0 || refreshBefore.value > 7 * 86_400 {
+            throw ValidationError("--refresh-before must be more than 0 seconds and at most 7 days")
         }
         guard initialWait.value <= 3600 else {
             throw ValidationError("--initial-wait must be at most 1h")
@@ -74,7 +84,26 @@ struct Mount: AsyncParsableCommand {
     func runForeground() async throws {
         _ = credfs_set_not_dumpable()
         let level = logLevel
+        // In the background stderr is /dev/null: the log goes to the system log.
+        let background = readyFd != nil
+        var logStream: FileHandleOutputStream?
+        if let logFile {
+            guard let stream = FileHandleOutputStream(appendingTo: logFile) else {
+                throw Failure(message: "cannot open the log file \(logFile): \(MountPoint.describe(errno))")
+            }
+            logStream = stream
+        }
         LoggingSystem.bootstrap { label in
+            if let logStream {
+                var handler = StreamLogHandler(label: label, stream: logStream)
+                handler.logLevel = level
+                return handler
+            }
+            if background {
+                var handler = SystemLogHandler(label: label)
+                handler.logLevel = level
+                return handler
+            }
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler
@@ -111,6 +140,12 @@ struct Mount: AsyncParsableCommand {
         }
         defer { signals.cancel() }
         let path = URL(fileURLWithPath: mountpoint).standardizedFileURL.path
+        // Relative paths (the mount point, an OIDC token file) are resolved before this.
+        let provider = source.makeProvider()
+        if readyFd != nil {
+            // A daemon keeps no caller's working directory busy.
+            _ = chdir("/")
+        }
         try MountPoint.prepare(path, logger: logger)
 
         let mountedAt = Date()
@@ -118,19 +153,20 @@ struct Mount: AsyncParsableCommand {
         // systemd: READY=1 once the first credentials are served, STATUS= as things change.
         let notifier = SystemdNotifier()
         let refresher = Refresher(
-            provider: source.makeProvider(),
+            provider: provider,
             policy: RefreshPolicy(refreshBefore: refreshBefore?.value),
             logger: Logger(label: "credfs.refresher"),
             onPublish: { published in
-                fileSystem.value?.invalidate(
-                    CredentialView.allCases.filter { $0 != .status }.map(\.rawValue))
+                // Requests parked for the first credentials are answered first: an entry
+                // invalidation would wait for a parked lookup.
+                fileSystem.value?.wake()
+                fileSystem.value?.invalidate(CredentialView.credentialViews.map(\.rawValue))
                 let expires = published.credentials.expiration.map(Timestamp.format) ?? "never"
                 notifier.ready(status: "serving generation \(published.generation), expires \(expires)")
             },
             onExpire: {
                 // Cached entries of the expired generation must not outlive it.
-                fileSystem.value?.invalidate(
-                    CredentialView.allCases.filter { $0 != .status }.map(\.rawValue))
+                fileSystem.value?.invalidate(CredentialView.credentialViews.map(\.rawValue))
                 notifier.status("credentials expired; refresh failing")
             },
             onFailure: { error, failures in
@@ -143,11 +179,18 @@ struct Mount: AsyncParsableCommand {
         var options = MountOptions()
         options.allowOther = allowOther
         options.debug = fuseDebug
+        options.kernelCache = kernelCache
         let fs = FuseFileSystem(
             tree: Tree.make(
-                views: views, secretMode: mode.value, uid: uid ?? getuid(), gid: gid ?? getgid(),
-                mountedAt: mountedAt),
+                views: views, secretMode: mode.value, uid: uid?.value ?? getuid(), gid: gid?.value ?? getgid(),
+                mountedAt: mountedAt, kernelCache: kernelCache),
             mountpoint: path, options: options)
+        let kernelCacheMode = kernelCache
+        views.reportServing { [fs] in
+            ServingFacts(
+                mode: kernelCacheMode ? "kernel-cache" : "default", parkedRequests: fs.parkedCount,
+                openRequests: fs.requestCounts.open)
+        }
         // Listen before mounting: a busy port must not leave a mount behind.
         var uriServer: CredentialsURIServer?
         if let serveUri {
@@ -266,33 +309,70 @@ struct URIService: Service {
 /// The files of SPEC section 1, wired to the view source.
 enum Tree {
     static func make(
-        views: CredentialViewSource, secretMode: mode_t, uid: uid_t, gid: gid_t, mountedAt: Date
+        views: CredentialViewSource, secretMode: mode_t, uid: uid_t, gid: gid_t, mountedAt: Date,
+        kernelCache: Bool, clock: any RefreshClock = SystemRefreshClock()
     ) -> VirtualDirectory {
         let files = CredentialView.allCases.map { view in
-            VirtualFile(
+            let peek: @Sendable () -> VirtualFile.Content = {
+                let content = convert(views.peek(view))
+                guard view == .status, kernelCache, case .bytes(let bytes, let mtime, _) = content else {
+                    return content
+                }
+                return .bytes(bytes, mtime: mtime, version: statusVersion(clock.now()))
+            }
+            return VirtualFile(
                 name: view.rawValue,
                 permissions: view.isSecret ? secretMode : 0o444,
                 uid: view.isSecret ? uid : getuid(),
                 gid: view.isSecret ? gid : getgid(),
-                // Credential views live in the page cache, one immutable inode per generation;
-                // status changes every second, so it goes through the daemon.
-                caching: view == .status ? .perOpen : .versioned,
-                peek: { convert(views.peek(view)) },
+                // Credential views live in the page cache, one immutable inode per generation.
+                // status changes every second: it goes through the daemon, or, when opens
+                // never reach the daemon, it is a new version every second that the kernel
+                // looks up again after a second.
+                caching: view == .status && !kernelCache ? .perOpen : .versioned,
+                cacheTimeout: view == .status ? 1 : 86_400,
+                peek: peek,
+                // A reader held to an older generation finds that generation's own inode, so
+                // its bytes never reach the current inode's page cache.
+                lookup: view.isField && !kernelCache ? lookup(view, views) : nil,
                 open: { caller in
+                    // status in kernel-cache mode is versioned by the second, as peek says.
+                    if view == .status, kernelCache { return peek() }
                     // Only field reads are pinned: the other views need no process group.
-                    let group = view.isField ? getpgid(caller.pid) : -1
-                    return convert(views.open(view, group: group > 0 ? group : nil))
+                    return convert(views.open(view, reader: view.isField && !kernelCache ? reader(caller) : nil))
                 })
         }
         return VirtualDirectory(files: files, permissions: 0o555, uid: uid, gid: gid, mtime: mountedAt)
     }
 
+    /// Field lookups per reader: a pinned group finds its pinned generation.
+    static func lookup(_ view: CredentialView, _ views: CredentialViewSource)
+        -> @Sendable (Caller) -> VirtualFile.Content
+    {
+        { caller in convert(views.lookup(view, reader: reader(caller))) }
+    }
+
+    /// The reader's process group, as pins know it; nil for a pid this daemon cannot see
+    /// (another PID namespace reports 0, and getpgid(0) would name the daemon's own group).
+    static func reader(_ caller: Caller) -> GenerationPins.Reader? {
+        guard caller.pid > 0 else { return nil }
+        let group = getpgid(caller.pid)
+        return group > 0 ? GenerationPins.Reader(group: group, uid: caller.uid) : nil
+    }
+
+    /// The version of `status` in kernel-cache mode: the current second.
+    static func statusVersion(_ now: Date) -> UInt64 {
+        let seconds = now.timeIntervalSince1970
+        return seconds.isFinite && seconds >= 1 && seconds < 1e15 ? UInt64(seconds) : 1
+    }
+
     static func convert(_ content: ViewContent) -> VirtualFile.Content {
         switch content {
         case .bytes(let bytes, let mtime, let generation):
-            return .bytes(bytes, mtime: mtime, version: UInt64(generation))
+            return .bytes(bytes, mtime: mtime, version: UInt64(max(generation, 0)))
         case .absent: return .absent
         case .unavailable: return .failure(EIO)
+        case .pending(let timeout): return .pending(timeout: timeout)
         }
     }
 }

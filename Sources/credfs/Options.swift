@@ -81,6 +81,12 @@ struct ProviderOptions: ParsableArguments {
     var policy: String?
 
     @Option(
+        help: ArgumentHelp(
+            "A file holding the session policy (JSON) for STS: a regular file of at most 64 KiB.",
+            discussion: "For fstab, where a value cannot hold a comma: -o policy_file=PATH."))
+    var policyFile: String?
+
+    @Option(
         help:
             "STS endpoint, host or URL (default: sts[-vpc].$ALIBABA_CLOUD_STS_REGION.aliyuncs.com, else sts.aliyuncs.com)."
     )
@@ -90,8 +96,8 @@ struct ProviderOptions: ParsableArguments {
 
     func validate() throws {
         if let uri { _ = try Self.checkedURI(uri, flag: "--uri") }
-        guard demoLifetime >= 2 else {
-            throw ValidationError("--demo-lifetime must be at least 2 seconds")
+        guard (2...86_400).contains(demoLifetime) else {
+            throw ValidationError("--demo-lifetime must be between 2 and 86400 seconds")
         }
         if provider == .uri, resolvedURI == nil {
             throw ValidationError("--provider uri needs --uri or ALIBABA_CLOUD_CREDENTIALS_URI")
@@ -109,6 +115,7 @@ struct ProviderOptions: ParsableArguments {
             let url = stsEndpoint.contains("://") ? stsEndpoint : "https://" + stsEndpoint
             _ = try Self.checkedURI(url, flag: "--sts-endpoint")
         }
+        try validatePolicyFile()
         guard (OIDCProvider.minimumDuration...43200).contains(duration) else {
             throw ValidationError("--duration must be between 900 and 43200 seconds")
         }
@@ -193,7 +200,12 @@ struct ProviderOptions: ParsableArguments {
     var resolvedOIDCProviderArn: String? {
         resolved(oidcProviderArn, "ALIBABA_CLOUD_OIDC_PROVIDER_ARN")
     }
-    var resolvedOIDCTokenFile: String? { resolved(oidcTokenFile, "ALIBABA_CLOUD_OIDC_TOKEN_FILE") }
+    /// Absolute: a background daemon leaves the caller's working directory.
+    var resolvedOIDCTokenFile: String? {
+        resolved(oidcTokenFile, "ALIBABA_CLOUD_OIDC_TOKEN_FILE").map {
+            $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0
+        }
+    }
 
     static func checkedURI(_ text: String, flag: String) throws -> String {
         guard let url = URLComponents(string: text), let scheme = url.scheme?.lowercased(),
@@ -205,6 +217,11 @@ struct ProviderOptions: ParsableArguments {
     func makeProvider() -> any CredentialProvider { makeProvider(provider) }
 
     func makeProvider(_ kind: ProviderKind) -> any CredentialProvider {
+        let policy: String?
+        switch policyFromFile {
+        case .failure(let error): return Unavailable(name: kind.rawValue, error: error)
+        case .success(let text): policy = self.policy ?? text
+        }
         let environment = self.environment
         let endpoint = STSEndpoint.resolve(flag: stsEndpoint, environment: environment)
         // As the source of ram-role-arn, OIDC keeps to its variables: the STS flags
@@ -239,29 +256,78 @@ struct ProviderOptions: ParsableArguments {
     }
 }
 
-/// A duration flag: `90`, `90s`, `15m` or `1h`.
-struct Seconds: ExpressibleByArgument {
-    var value: TimeInterval
-
-    init?(argument: String) {
-        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600]
-        var text = argument
-        var scale = 1.0
-        if let last = text.last, let unit = units[last] {
-            scale = unit
-            text.removeLast()
+/// `--policy-file` (fstab `policy_file=`): a policy JSON holds commas, which an fstab
+/// option value cannot.
+extension ProviderOptions {
+    /// The policy file's text (white space around it dropped), nil without the flag. Read
+    /// once by validate() (a bad file: exit 64) and once by makeProvider.
+    var policyFromFile: Result<String?, CredentialError> {
+        guard let policyFile else { return .success(nil) }
+        do throws(CredentialError) {
+            let text = SmallFile.trimmed(try SmallFile.read(policyFile, what: "policy file"))
+            guard !text.isEmpty else { throw CredentialError("the policy file \(policyFile) is empty") }
+            return .success(text)
+        } catch {
+            return .failure(error)
         }
-        guard let number = Double(text), number.isFinite, number >= 0 else { return nil }
-        value = number * scale
+    }
+
+    func validatePolicyFile() throws {
+        guard policyFile != nil else { return }
+        guard policy == nil else { throw ValidationError("--policy and --policy-file cannot both be given") }
+        if case .failure(let error) = policyFromFile { throw ValidationError(error.message) }
+    }
+
+    /// What makeProvider gives when the policy file vanished after validation: every
+    /// fetch fails (fails closed: never a role session without the policy it was given).
+    struct Unavailable: CredentialProvider {
+        let name: String
+        let error: CredentialError
+        func fetch() async throws -> Credentials { throw error }
     }
 }
 
-/// Octal permission bits, `0400` or `440`.
+/// A duration flag: `90`, `90s`, `15m` or `1h`; shown in `--help` as written.
+struct Seconds: ExpressibleByArgument {
+    var value: TimeInterval
+    var text: String
+
+    init?(argument: String) {
+        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600]
+        var number = argument
+        var scale = 1.0
+        if let last = number.last, let unit = units[last] {
+            scale = unit
+            number.removeLast()
+        }
+        guard let value = Double(number), value.isFinite, value >= 0, (value * scale).isFinite else { return nil }
+        self.value = value * scale
+        self.text = argument
+    }
+
+    var defaultValueDescription: String { text }
+}
+
+/// Octal permission bits, `0400` or `440`; shown in `--help` as written.
 struct Octal: ExpressibleByArgument {
     var value: mode_t
+    var text: String
     init?(argument: String) {
-        guard let bits = UInt32(argument, radix: 8), bits <= 0o777 else { return nil }
+        guard !argument.isEmpty, argument.utf8.count <= 6, let bits = UInt32(argument, radix: 8), bits <= 0o777
+        else { return nil }
         value = mode_t(bits)
+        text = argument
+    }
+
+    var defaultValueDescription: String { text }
+}
+
+/// A user or group id: 0 to 4294967294 (4294967295 means "no id" to the kernel).
+struct OwnerID: ExpressibleByArgument {
+    var value: UInt32
+    init?(argument: String) {
+        guard let id = UInt32(argument), id != UInt32.max else { return nil }
+        value = id
     }
 }
 

@@ -38,16 +38,11 @@ import Testing
         #expect(status["version"] as? String == "9.9.9")
     }
 
-    @Test func openWhilePendingIsUnavailableAfterTheInitialWait() async {
+    @Test func openWhilePendingAsksToWaitTheInitialWait() async {
         let (_, source) = source(ScriptedProvider { Fixture.sts() }, clock: VirtualClock(Fixture.t0))
-        let (content, elapsed) = await offPool { () -> (ViewContent, TimeInterval) in
-            let start = Date()
-            let content = source.open(.credentials)
-            return (content, Date().timeIntervalSince(start))
-        }
-        #expect(content == .unavailable)
-        #expect(elapsed >= 0.2)
-        #expect(elapsed < 2)
+        // The caller (the FUSE bridge) parks the open for this long; nothing blocks here.
+        #expect(source.open(.credentials) == .pending(timeout: .milliseconds(200)))
+        #expect(source.open(.accessKeyId) == .pending(timeout: .milliseconds(200)))
     }
 
     @Test func statusNeverWaits() async throws {

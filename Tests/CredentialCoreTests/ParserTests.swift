@@ -154,7 +154,9 @@ import Testing
         "", "tomorrow", "2024-05-21T10:39:29", "2024-02-30T10:39:29Z", "2024-13-21T10:39:29Z",
     ])
     func rejectsABadExpiration(expiration: String) {
-        #expect(rejection(body(["Expiration": expiration])) == "Expiration is not an RFC 3339 time")
+        #expect(
+            rejection(body(["Expiration": expiration]))
+                == "Expiration is not an RFC 3339 time between 1970 and 9999")
     }
 
     @Test func rejectsAWronglyTypedField() {

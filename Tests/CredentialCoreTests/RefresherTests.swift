@@ -102,85 +102,15 @@ import Testing
         #expect(!lastError.contains(Fixture.secret))
     }
 
-    @Test func waitForServingTimesOutWhileNothingArrives() async {
-        let provider = ScriptedProvider(gated: true) { Fixture.sts() }
-        let refresher = Refresher(provider: provider, random: { 0 }, logger: .quiet)
-        let (value, elapsed) = await offPool { () -> (Published?, TimeInterval) in
-            let start = Date()
-            let value = refresher.waitForServing(timeout: 0.2)
-            return (value, Date().timeIntervalSince(start))
-        }
-        #expect(value == nil)
-        #expect(elapsed >= 0.2)
-        #expect(elapsed < 2)
-    }
-
-    @Test func waitForServingTimesOutThroughFailures() async {
-        // Failures wake the waiters, who wait on for the first credentials.
-        let provider = ScriptedProvider { throw CredentialError("nope") }
-        let refresher = Refresher(provider: provider, random: { 0 }, logger: .quiet)
-        let waiter = Task {
-            await offPool { () -> (Published?, TimeInterval) in
-                let start = Date()
-                let value = refresher.waitForServing(timeout: 0.3)
-                return (value, Date().timeIntervalSince(start))
-            }
-        }
-        await refresher.refresh()
-        await refresher.refresh()
-        let (value, elapsed) = await waiter.value
-        #expect(value == nil)
-        #expect(elapsed >= 0.3)
-        #expect(elapsed < 2)
-    }
-
-    @Test func waitForServingReturnsAtOnceOncePublished() async {
-        let provider = ScriptedProvider { Fixture.sts(expiration: Date().addingTimeInterval(3600)) }
-        let refresher = Refresher(provider: provider, random: { 0 }, logger: .quiet)
-        await refresher.refresh()
-        let (value, elapsed) = await offPool { () -> (Published?, TimeInterval) in
-            let start = Date()
-            let value = refresher.waitForServing(timeout: 10)
-            return (value, Date().timeIntervalSince(start))
-        }
-        #expect(value?.generation == 1)
-        #expect(elapsed < 1)
-    }
-
-    @Test func waitForServingWakesWhenTheFirstCredentialsArrive() async {
-        let provider = ScriptedProvider(gated: true) {
-            Fixture.sts(expiration: Date().addingTimeInterval(3600))
-        }
-        let refresher = Refresher(provider: provider, random: { 0 }, logger: .quiet)
-        let waiter = Task {
-            await offPool { () -> (Published?, TimeInterval) in
-                let start = Date()
-                let value = refresher.waitForServing(timeout: 10)
-                return (value, Date().timeIntervalSince(start))
-            }
-        }
-        let fetch = Task { await refresher.refresh() }
-        #expect(await waitUntil { provider.parkedCount == 1 })
-        provider.release()
-        await fetch.value
-        let (value, elapsed) = await waiter.value
-        #expect(value?.generation == 1)
-        #expect(elapsed < 5)
-    }
-
-    @Test func waitForServingDoesNotWaitOnceCredentialsExpired() async {
+    @Test func hasPublishedStaysTrueAfterExpiry() async {
         let clock = VirtualClock(Fixture.t0)
         let provider = ScriptedProvider { Fixture.sts() }
         let refresher = Refresher(provider: provider, clock: clock, random: { 0 }, logger: .quiet)
+        #expect(!refresher.hasPublished)
         await refresher.refresh()
+        #expect(refresher.hasPublished && refresher.serving() != nil)
         clock.advance(to: Fixture.expiration)
-        let (value, elapsed) = await offPool { () -> (Published?, TimeInterval) in
-            let start = Date()
-            let value = refresher.waitForServing(timeout: 5)
-            return (value, Date().timeIntervalSince(start))
-        }
-        #expect(value == nil)
-        #expect(elapsed < 1)
+        #expect(refresher.hasPublished && refresher.serving() == nil)
     }
 
     @Test func onPublishOncePerNewGeneration() async {

@@ -5,7 +5,7 @@ import Testing
 
 /// `auto`: the SDK default-chain order (env, OIDC, ECS metadata, URI) against fakes. Every
 /// metadata endpoint is a fake on 127.0.0.1, or the probe is disabled.
-@Suite(.serialized, .timeLimit(.minutes(2)))
+@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
 struct AutoChainTests {
     struct Fakes {
         let ecs = FakeMetadataServer()

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 
-@Suite(.serialized, .timeLimit(.minutes(2)))
+@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
 struct CLITests {
     @Test(arguments: [
         ["mount", "/tmp/credfs-never", "--bogus"],
@@ -11,11 +11,25 @@ struct CLITests {
         ["mount", "/tmp/credfs-never", "--initial-wait", "soon"],
         ["mount", "/tmp/credfs-never", "--refresh-before", "0"],
         ["mount", "/tmp/credfs-never", "--provider", "demo", "--demo-lifetime", "1"],
+        ["mount", "/tmp/credfs-never", "--provider", "demo", "--demo-lifetime", "9223372036854775807"],
+        ["mount", "/tmp/credfs-never", "--provider", "demo", "--demo-lifetime", "1e19"],
+        ["mount", "/tmp/credfs-never", "--uid", "4294967295"],
+        ["mount", "/tmp/credfs-never", "--uid", "-1"],
+        ["mount", "/tmp/credfs-never", "--gid", "99999999999"],
+        ["mount", "/tmp/credfs-never", "--mode", "7777"],
+        ["mount", "/tmp/credfs-never", "--refresh-before", "1e308h"],
+        ["mount", "/tmp/credfs-never", "--refresh-before", "30d"],
+        ["mount", "/tmp/credfs-never", "--initial-wait", "nan"],
+        ["mount", "/tmp/credfs-never", "--initial-wait", "2h"],
+        ["mount", "/tmp/credfs-never", "--duration", "1e19"],
+        ["mount", "/tmp/credfs-never", "--duration", "43201"],
+        ["mount", "/tmp/credfs-never", "--serve-uri", "127.0.0.1:99999"],
+        ["mount", "/tmp/credfs-never", "--serve-uri", "10.0.0.1:80"],
         ["get", "--field", "password"],
         ["frobnicate"],
     ])
     func badArgumentsExit64WithOneLine(arguments: [String]) throws {
-        var environment = ProcessInfo.processInfo.environment
+        var environment = Host.hermeticEnvironment
         environment["ALIBABA_CLOUD_CREDENTIALS_URI"] = nil
         let result = try runCredfs(arguments, environment: environment)
         #expect(result.status == 64)
@@ -27,7 +41,7 @@ struct CLITests {
     }
 
     @Test func uriProviderWithoutURIExit64() throws {
-        var environment = ProcessInfo.processInfo.environment
+        var environment = Host.hermeticEnvironment
         environment["ALIBABA_CLOUD_CREDENTIALS_URI"] = nil
         let result = try runCredfs(
             ["mount", "/tmp/credfs-never", "--provider", "uri"], environment: environment)
@@ -70,6 +84,29 @@ struct CLITests {
         #expect(Date().timeIntervalSince(started) < 2)
         #expect(!isMounted(mountpoint))
         #expect(try runCredfs(["status", mountpoint]).status == 1)
+    }
+
+    /// `x=$(credfs mount … 2>&1)` returns: the daemon keeps none of the caller's
+    /// descriptors, and it leaves the caller's working directory (issue 10).
+    @Test func backgroundMountKeepsNoCallerPipeNorDirectory() async throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let mountpoint = dir.path + "/mnt"
+        defer { if isMounted(mountpoint) { umount2(mountpoint, Int32(MNT_DETACH)) } }
+        let result = try runProcess(
+            "/usr/bin/timeout",
+            [
+                "20", "/bin/sh", "-c",
+                "cd \(dir.path) && x=$(\(Binary.credfs) mount mnt --provider demo 2>&1); echo \"rc=$? out=$x\"",
+            ])
+        #expect(result.stdout == "rc=0 out=\n", "\(result.stdout) \(result.stderr)")
+        let pid = try #require(daemonPID(mountpoint: "mnt") ?? daemonPID(mountpoint: mountpoint))
+        defer { kill(pid, SIGTERM) }
+        let cwd = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/cwd")
+        #expect(cwd == "/")
+        #expect(isMounted(mountpoint))
+        #expect(try runCredfs(["unmount", mountpoint]).status == 0)
+        try waitUntil("the daemon to exit", timeout: 5) { kill(pid, 0) != 0 }
     }
 
     @Test func sigtermWithAFileHeldOpenExitsZeroWithinTwoSeconds() async throws {

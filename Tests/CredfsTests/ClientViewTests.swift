@@ -3,7 +3,7 @@ import Testing
 
 /// Issue 5 through real mounts: pinned field reads, the `env` and `config.json` views,
 /// and the loopback credentials URI.
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(3)))
 struct ClientViewTests {
     /// Runs `script` with a shell (/bin/sh unless told), capturing its output.
     func shell(_ script: String, shell: String = "/bin/sh", environment: [String: String]? = nil)
@@ -101,10 +101,12 @@ struct ClientViewTests {
 
     @Test(arguments: ["/bin/sh", "/bin/bash"])
     func sourcingEnvYieldsTheExactValues(shellPath: String) async throws {
-        let secret = #"it's a "secret" with $HOME, `ticks`, \ and  spaces"#
-        let token = "tok'en' ''"
-        var environment = ProcessInfo.processInfo.environment
-        environment["ALIBABA_CLOUD_ACCESS_KEY_ID"] = "LTAI5t-id with space"
+        // Values hold only bytes 0x21-0x7E (issue 10: a space or a line break is a rejected
+        // answer), but every shell metacharacter among them must survive `. env`.
+        let secret = #"it's"a"secret$HOME,`ticks`,\and\n;|&*?~#!<>{}[]=$(id)"#
+        let token = "tok'en'''"
+        var environment = Host.hermeticEnvironment
+        environment["ALIBABA_CLOUD_ACCESS_KEY_ID"] = "LTAI5t-id$PATH"
         environment["ALIBABA_CLOUD_ACCESS_KEY_SECRET"] = secret
         environment["ALIBABA_CLOUD_SECURITY_TOKEN"] = token
         let daemon = try Daemon(["--provider", "env"], environment: environment)
@@ -114,7 +116,7 @@ struct ClientViewTests {
             #". \#(daemon.path("env")); printf '%s\n%s\n%s' "$ALIBABA_CLOUD_ACCESS_KEY_ID" "$ALIBABA_CLOUD_ACCESS_KEY_SECRET" "$ALIBABA_CLOUD_SECURITY_TOKEN""#,
             shell: shellPath, environment: clean)
         #expect(result.status == 0, "\(result.stderr)")
-        #expect(result.stdout == "LTAI5t-id with space\n\(secret)\n\(token)")
+        #expect(result.stdout == "LTAI5t-id$PATH\n\(secret)\n\(token)")
     }
 
     @Test func configJSONIsAnAliyunCLIProfile() async throws {
@@ -173,5 +175,49 @@ struct ClientViewTests {
         #expect(server.requests == requestsBefore, "URI reads caused upstream requests")
         let missing = try shell("curl -s -o /dev/null -w '%{http_code}' \(url)nope")
         #expect(missing.stdout == "404")
+    }
+
+    /// The loopback URI refuses what a browser page or a flood could send (issue 10).
+    @Test func serveURIRefusesForeignHostsOriginsBigHeadsAndFloods() async throws {
+        let port = 21000 + Int(getpid() % 10000)
+        let daemon = try Daemon(["--provider", "demo", "--serve-uri", "127.0.0.1:\(port)"])
+        defer { daemon.stop() }
+        let url = "http://127.0.0.1:\(port)/"
+        try waitUntil("credentials") { daemon.read("expiration").bytes != nil }
+        func code(_ options: String) throws -> String {
+            try shell("curl -s -o /dev/null -w '%{http_code}' \(options) \(url)").stdout
+        }
+        #expect(try code("") == "200")
+        #expect(try code("-H 'Host: localhost:\(port)'") == "200")
+        #expect(try code("-H 'Host: evil.example:\(port)'") == "403")
+        #expect(try code("-H 'Host: 127.0.0.1'") == "403")
+        #expect(try code("-H 'Origin: http://evil.example'") == "403")
+        let big = String(repeating: "x", count: 20_000)
+        #expect(try code("-H 'X-Big: \(big)'") == "000", "a 20 KiB head is cut off")
+
+        // 100 idle connections: at most 64 are kept; the rest are closed at once, and the
+        // kept ones are closed once idle for 10 s. Then the server still answers.
+        let flood = try shell(
+            """
+            python3 - <<'PY'
+            import socket, time, select
+            conns = [socket.create_connection(("127.0.0.1", \(port))) for _ in range(100)]
+            def closed(c, wait):
+                r, _, _ = select.select([c], [], [], wait)
+                return bool(r) and c.recv(1) == b""
+            time.sleep(0.5)
+            print("refused", sum(closed(c, 0.01) for c in conns))
+            deadline = time.time() + 20
+            while time.time() < deadline and not all(closed(c, 0.05) for c in conns):
+                pass
+            print("idle-closed", sum(closed(c, 0) for c in conns))
+            PY
+            """)
+        let facts = flood.stdout.split(separator: "\n").map { $0.split(separator: " ") }
+        let refused = facts.first { $0.first == "refused" }.flatMap { Int($0[1]) } ?? -1
+        let idleClosed = facts.first { $0.first == "idle-closed" }.flatMap { Int($0[1]) } ?? -1
+        #expect(refused >= 36, "\(flood.stdout) \(flood.stderr)")
+        #expect(idleClosed == 100, "\(flood.stdout) \(flood.stderr)")
+        #expect(try code("") == "200")
     }
 }

@@ -5,11 +5,11 @@ import Testing
 @testable import CredentialCore
 
 /// `ecs-ram-role` against a fake metadata service on 127.0.0.1 (never 100.100.100.200).
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(3)))
 struct EcsMetadataTests {
     /// An environment for a daemon that must not reach any real metadata service.
     static func environment(_ extra: [String: String] = [:]) -> [String: String] {
-        var environment = ProcessInfo.processInfo.environment
+        var environment = Host.hermeticEnvironment
         for key in [
             "ALIBABA_CLOUD_ECS_METADATA", "ALIBABA_CLOUD_IMDSV1_DISABLED", "ALIBABA_CLOUD_ACCESS_KEY_ID",
             "ALIBABA_CLOUD_ACCESS_KEY_SECRET", "ALIBABA_CLOUD_CREDENTIALS_URI", "ALIBABA_CLOUD_ROLE_ARN",

@@ -83,7 +83,7 @@ func runProcess(_ executable: String, _ arguments: [String], environment: [Strin
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
-    if let environment { process.environment = environment }
+    process.environment = environment ?? Host.hermeticEnvironment
     let dir = try TempDir()
     defer { dir.remove() }
     let out = dir.path + "/stdout"
@@ -134,7 +134,7 @@ final class Daemon {
         process = Process()
         process.executableURL = URL(fileURLWithPath: Binary.credfs)
         process.arguments = ["mount", mountpoint, "-f"] + arguments
-        if let environment { process.environment = environment }
+        process.environment = environment ?? Host.hermeticEnvironment
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
         process.standardOutput = FileHandle.nullDevice
         process.standardInput = FileHandle.nullDevice
@@ -220,4 +220,42 @@ final class Daemon {
 /// Runs `argv` as another user (setpriv, no supplementary groups).
 func runAs(uid: uid_t, gid: gid_t, _ argv: [String]) throws -> CommandResult {
     try runProcess("/usr/bin/setpriv", ["--reuid=\(uid)", "--regid=\(gid)", "--clear-groups", "--"] + argv)
+}
+
+/// What this machine allows, for tests that need more than a process: a skipped test says
+/// why instead of failing (or passing without running).
+enum Host {
+    /// Root and `/dev/fuse`: real mounts.
+    static let canMount: Bool = geteuid() == 0 && access("/dev/fuse", R_OK | W_OK) == 0
+    static let canMountReason: Comment = "needs root and /dev/fuse to mount"
+
+    /// overlayfs, for a private view of a system directory in a mount namespace.
+    static let hasOverlay: Bool =
+        canMount
+        && ((try? String(contentsOfFile: "/proc/filesystems", encoding: .utf8))?.contains("\toverlay") ?? false)
+
+    /// Names, sizes, modes and mtimes of what `paths` hold (one level down): equal before and
+    /// after a test run means the run changed none of them.
+    static func fingerprint(_ paths: [String]) -> [String] {
+        var lines: [String] = []
+        for dir in paths {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+            for name in names.sorted() {
+                var st = stat()
+                guard lstat(dir + "/" + name, &st) == 0 else { continue }
+                lines.append("\(dir)/\(name) \(st.st_mode) \(st.st_size) \(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec)")
+            }
+        }
+        return lines
+    }
+
+    /// The environment tests hand to credfs: this process's, less anything that would make
+    /// the daemon depend on the machine (credentials, a service manager, a proxy).
+    static var hermeticEnvironment: [String: String] {
+        ProcessInfo.processInfo.environment.filter { key, _ in
+            !key.hasPrefix("ALIBABA_CLOUD_")
+                && !["NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"].contains(key)
+                && !key.lowercased().hasSuffix("_proxy")
+        }
+    }
 }

@@ -4,7 +4,7 @@ import Testing
 @testable import CredentialCore
 
 /// `oidc-role-arn` against a fake STS on 127.0.0.1 (never an Alibaba host).
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(3)))
 struct OIDCTests {
     static let roleArn = "acs:ram::1234567890123456:role/credfs-test"
     static let providerArn = "acs:ram::1234567890123456:oidc-provider/ack-rrsa-test"

@@ -4,7 +4,7 @@ import Testing
 @testable import CredentialCore
 
 /// `process`: a helper program on disk, run as argv without a shell.
-@Suite(.serialized, .timeLimit(.minutes(2)))
+@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
 struct ProcessProviderTests {
     /// A helper that prints generation `$(cat counter)` in the External layout and records its argv.
     struct Helper {
@@ -115,7 +115,7 @@ struct ProcessProviderTests {
     }
 
     @Test func aCommandThatHangsIsKilledAtTheTimeout() async throws {
-        let helper = try Helper(body: "#!/bin/sh\nsleep 30 &\nwait\n")
+        let helper = try Helper(body: "#!/bin/sh\nsleep 30.123 &\nwait\n")
         defer { helper.dir.remove() }
         let started = Date()
         do {
@@ -126,8 +126,8 @@ struct ProcessProviderTests {
         }
         let took = Date().timeIntervalSince(started)
         #expect(took < 2, "took \(took) s")
-        // The whole process group went: no `sleep 30` left behind holding the pipe.
-        let left = try runPgrep("sleep 30")
+        // The whole process group went: no `sleep 30.123` left behind holding the pipe.
+        let left = try runPgrep("sleep 30.123")
         #expect(left.isEmpty, "left behind: \(left)")
     }
 
@@ -161,5 +161,42 @@ struct ProcessProviderTests {
         let data = pipe.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
         return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// The helper gets a minimal environment, and what it leaves running in its process
+    /// group is killed once it is done (issue 10).
+    @Test func theHelperGetsAMinimalEnvironmentAndLeavesNothingRunning() async throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        chmod(dir.path, 0o755)
+        let expiration = ISO8601DateFormatter().string(from: Date().addingTimeInterval(3600))
+        let script = """
+            #!/bin/sh
+            env | cut -d= -f1 | sort > '\(dir.path)/env'
+            sleep 300 &
+            echo $! > '\(dir.path)/orphan'
+            printf '{"mode":"StsToken","access_key_id":"STS.FAKE1xAAAAAAAAAAAA","access_key_secret":"secret-1-ssssssssssssssssssss","sts_token":"token-1-tttt","expiration":"\(expiration)"}\\n'
+            """
+        try script.write(toFile: dir.path + "/helper", atomically: true, encoding: .utf8)
+        chmod(dir.path + "/helper", 0o755)
+        var environment = Host.hermeticEnvironment
+        environment["SOME_DAEMON_SECRET"] = "must-not-reach-the-helper"
+        environment["ALIBABA_CLOUD_PROFILE"] = "kept"
+        let daemon = try Daemon(
+            ["--provider", "process", "--command", dir.path + "/helper"], environment: environment)
+        defer { daemon.stop() }
+        try waitUntil("generation 1") { try daemon.generation() == 1 }
+        let names = try String(contentsOfFile: dir.path + "/env", encoding: .utf8).split(separator: "\n").map(
+            String.init)
+        #expect(!names.contains("SOME_DAEMON_SECRET"))
+        #expect(names.contains("ALIBABA_CLOUD_PROFILE") && names.contains("PATH"))
+        let allowed: Set<String> = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "PWD", "SHLVL", "_", "OLDPWD"]
+        let other = names.filter {
+            !allowed.contains($0) && !$0.hasPrefix("ALIBABA_CLOUD_") && !$0.hasPrefix("ALIYUN_")
+        }
+        #expect(other.isEmpty, "unexpected variables: \(other)")
+        let orphan = try #require(
+            pid_t(try String(contentsOfFile: dir.path + "/orphan", encoding: .utf8).filter(\.isNumber)))
+        try waitUntil("the helper's background child to be killed", timeout: 5) { kill(orphan, 0) != 0 }
     }
 }

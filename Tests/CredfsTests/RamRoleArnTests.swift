@@ -133,7 +133,7 @@ final class CountingSource: CredentialProvider {
 }
 
 /// `ram-role-arn` against a fake STS on 127.0.0.1 that verifies every signature.
-@Suite(.serialized, .timeLimit(.minutes(4)))
+@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(4)))
 struct RamRoleArnTests {
     static let roleArn = "acs:ram::1234567890123456:role/credfs-assumed"
     static let envKey = "LTAI5tFakeTestKey0001"

@@ -5,7 +5,7 @@ import Testing
 /// Rotation about every second, several concurrent readers for ~10 s: every read of
 /// `credentials` is complete, valid JSON from one generation, unexpired, and as long as
 /// `st_size` of its descriptor says.
-@Suite(.serialized, .timeLimit(.minutes(2)))
+@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
 struct RotationStressTests {
     struct Tally {
         var reads = 0
@@ -34,7 +34,8 @@ struct RotationStressTests {
                     let (result, size) = Self.readWithFstat(path)
                     var verdict = Self.check(result, startedAt: started)
                     if case .success = verdict, size != result.bytes?.count {
-                        verdict = .failure(Problem(description: "fstat size \(size), \(result.bytes?.count ?? -1) bytes read"))
+                        verdict = .failure(
+                            Problem(description: "fstat size \(size), \(result.bytes?.count ?? -1) bytes read"))
                     }
                     tally.withLock { t in
                         t.reads += 1

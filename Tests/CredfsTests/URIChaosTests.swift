@@ -3,7 +3,7 @@ import Testing
 
 /// The `uri` source through a real mount, against a FakeHTTPServer-based credentials URI:
 /// one GET per refresh, and the whole chaos matrix.
-@Suite(.serialized, .timeLimit(.minutes(4)))
+@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(4)))
 struct URIChaosTests {
     @Test func oneGETPerRefresh() async throws {
         let uri = FakeURIServer()

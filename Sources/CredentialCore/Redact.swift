@@ -1,0 +1,75 @@
+/// Taking secrets out of text that came from outside (an upstream `Message`, an STS error,
+/// a helper's stderr) before credfs keeps it in `status`, `STATUS=` or the log.
+public enum Redact {
+    /// The longest text kept.
+    public static let maxLength = 300
+    /// Secrets shorter than this are not searched for (they would match ordinary words).
+    static let minimumSecret = 6
+
+    /// `text` on one line, bounded, with every one of `secrets` (as given, percent-encoded
+    /// once or twice, and a cut-off quote of its first 8 characters) and every URL query
+    /// replaced by `(redacted)`.
+    public static func text(_ text: String, secrets: [String]) -> String {
+        var out = text.split(whereSeparator: { $0.isNewline }).joined(separator: " ")
+        let known = Set(secrets.filter { $0.utf8.count >= minimumSecret })
+            .sorted { $0.utf8.count > $1.utf8.count }
+        for secret in known {
+            let once = percentEncode(secret)
+            for form in [secret, once, percentEncode(once)] {
+                out = out.replacing(form, with: "(redacted)")
+            }
+            if secret.utf8.count > 8 {
+                out = out.replacing(String(secret.prefix(8)), with: "(redacted)")
+            }
+        }
+        out = withoutQueries(out)
+        if out.count > maxLength { out = String(out.prefix(maxLength)) + "…" }
+        return out
+    }
+
+    /// Every `?query` (up to a space, quote or bracket) becomes `?(redacted)`: a URL query
+    /// may carry a signature, a key id or a token.
+    static func withoutQueries(_ text: String) -> String {
+        var out = ""
+        var skipping = false
+        for character in text {
+            if skipping {
+                if character == " " || character == "\"" || character == "'" || character == ")"
+                    || character == ">" || character == "]"
+                {
+                    skipping = false
+                    out.append(character)
+                }
+                continue
+            }
+            out.append(character)
+            if character == "?" {
+                out += "(redacted)"
+                skipping = true
+            }
+        }
+        return out
+    }
+
+    /// RFC 3986 percent-encoding (unreserved characters stay).
+    public static func percentEncode(_ text: String) -> String {
+        let hex = Array("0123456789ABCDEF".utf8)
+        var out: [UInt8] = []
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+                UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "_"),
+                UInt8(ascii: "."), UInt8(ascii: "~"):
+                out.append(byte)
+            default:
+                out += [UInt8(ascii: "%"), hex[Int(byte >> 4)], hex[Int(byte & 0xF)]]
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
+extension Credentials {
+    /// What must never appear in kept text: the secret, the token and the unmasked key id.
+    public var secrets: [String] { [accessKeySecret, securityToken ?? "", accessKeyId] }
+}

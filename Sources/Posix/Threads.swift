@@ -1,0 +1,28 @@
+import CPosix
+import Glibc
+
+/// Starts `body` on a detached thread of its own (never on Swift's cooperative pool), for
+/// code that blocks: libfuse's loop, the parking timer. Returns false if none could start.
+@discardableResult
+public func startThread(name: String, _ body: @escaping @Sendable () -> Void) -> Bool {
+    final class Box {
+        let body: @Sendable () -> Void
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    }
+    let context = Unmanaged.passRetained(Box(body)).toOpaque()
+    var thread = pthread_t()
+    let started = pthread_create(
+        &thread, nil,
+        { raw in
+            guard let raw else { return nil }
+            Unmanaged<Box>.fromOpaque(raw).takeRetainedValue().body()
+            return nil
+        }, context)
+    guard started == 0 else {
+        Unmanaged<Box>.fromOpaque(context).release()
+        return false
+    }
+    _ = credfs_set_thread_name(thread, String(name.utf8.prefix(15)) ?? "credfs")
+    _ = pthread_detach(thread)
+    return true
+}

@@ -1,0 +1,176 @@
+import Foundation
+import Synchronization
+import Testing
+
+@testable import FuseBridge
+
+/// The bridge on its own, without credentials: handles, versioned inodes, listings.
+@Suite struct HandleTableTests {
+    @Test func handlesFindTheirValueUntilRemoved() {
+        let table = HandleTable<Int>()
+        let a = table.insert(1)
+        let b = table.insert(2)
+        #expect(a != 0 && b != 0 && a != b)
+        #expect(table.value(a) == 1 && table.value(b) == 2)
+        #expect(table.remove(a) == 1)
+        #expect(table.value(a) == nil)
+        #expect(table.count == 1)
+    }
+
+    @Test func aReusedSlotDoesNotAnswerItsOldHandle() {
+        let table = HandleTable<String>()
+        let old = table.insert("old")
+        table.remove(old)
+        let new = table.insert("new")
+        #expect(new & 0xFFFF_FFFF == old & 0xFFFF_FFFF, "the slot is reused")
+        #expect(table.value(old) == nil)
+        #expect(table.value(new) == "new")
+        #expect(table.remove(old) == nil)
+        #expect(table.count == 1)
+    }
+
+    @Test func forgedHandlesFindNothing() {
+        let table = HandleTable<Int>()
+        let real = table.insert(5)
+        let forged: [UInt64] = [0, 1, 0xFFFF_FFFF, UInt64.max, 1 << 32, real + 1, real ^ (1 << 40)]
+        for handle in forged where handle != real {
+            #expect(table.value(handle) == nil)
+            #expect(table.remove(handle) == nil)
+        }
+        #expect(table.value(real) == 5)
+    }
+}
+
+@Suite struct VersionTableTests {
+    @Test func inodeNumbersAreComputedAndDistinct() {
+        var seen = Set<UInt64>()
+        for version in [UInt64(1), 2, 3, 1000, VersionTable.maxVersion] {
+            for file in 0..<VersionTable.maxFiles {
+                let inode = VersionTable.inode(file: file, version: version)
+                #expect(inode != nil && inode! >= VersionTable.firstInode)
+                #expect(seen.insert(inode!).inserted)
+            }
+        }
+        #expect(VersionTable.inode(file: 0, version: 0) == nil)
+        #expect(VersionTable.inode(file: 0, version: VersionTable.maxVersion + 1) == nil)
+        #expect(VersionTable.inode(file: VersionTable.maxFiles, version: 1) == nil)
+        #expect(VersionTable.inode(file: -1, version: 1) == nil)
+    }
+
+    @Test func nodesLiveUntilTheirLastForget() {
+        let table = VersionTable()
+        let now = Date()
+        let first = table.lookUp(fileIndex: 2, version: 7, bytes: [1, 2], mtime: now)
+        let again = table.lookUp(fileIndex: 2, version: 7, bytes: [9], mtime: now)
+        #expect(first?.inode == again?.inode)
+        #expect(again?.bytes == [1, 2], "one version keeps the bytes it was created with")
+        #expect(table.count == 1)
+        let inode = first!.inode
+        table.forget(inode, count: 1)
+        #expect(table.node(inode) != nil)
+        table.forget(inode, count: 1)
+        #expect(table.node(inode) == nil)
+        #expect(table.count == 0)
+        // More forgets than lookups, or of unknown inodes, change nothing.
+        table.forget(inode, count: 5)
+        table.forget(12345, count: 1)
+        #expect(table.count == 0)
+    }
+}
+
+/// A real mount of a small tree served by this test process.
+@Suite(
+    .serialized,
+    .enabled(if: geteuid() == 0 && access("/dev/fuse", R_OK | W_OK) == 0, "needs root and /dev/fuse to mount"))
+struct BridgeMountTests {
+    final class Versioned: Sendable {
+        let state = Mutex<(version: UInt64, bytes: [UInt8])>((1, Array("one".utf8)))
+        func set(_ version: UInt64, _ text: String) { state.withLock { $0 = (version, Array(text.utf8)) } }
+        var content: VirtualFile.Content {
+            state.withLock { .bytes($0.bytes, mtime: Date(timeIntervalSince1970: 1_700_000_000), version: $0.version) }
+        }
+    }
+
+    func mount(_ files: [VirtualFile]) throws -> (FuseFileSystem, String) {
+        var template = Array("/tmp/credfs-bridge-XXXXXX".utf8CString)
+        let dir = String(cString: mkdtemp(&template)!)
+        let fs = FuseFileSystem(tree: VirtualDirectory(files: files), mountpoint: dir)
+        try fs.mount()
+        fs.start()
+        return (fs, dir)
+    }
+
+    func unmount(_ fs: FuseFileSystem, _ dir: String) async {
+        fs.stop(grace: .milliseconds(100))
+        await fs.waitUntilStopped()
+        rmdir(dir)
+    }
+
+    func read(_ path: String) -> String? {
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// Drops unused dentries and inodes machine-wide, so the kernel sends its FORGETs.
+    func dropKernelCaches() {
+        let fd = open("/proc/sys/vm/drop_caches", O_WRONLY)
+        guard fd >= 0 else { return }
+        _ = write(fd, "2", 1)
+        close(fd)
+    }
+
+    @Test func versionedInodesAreForgottenOnceTheKernelDropsThem() async throws {
+        let file = Versioned()
+        let (fs, dir) = try mount([
+            VirtualFile(
+                name: "data", permissions: 0o444, caching: .versioned, peek: { file.content },
+                open: { _ in file.content })
+        ])
+        for version in 1...5 {
+            file.set(UInt64(version), "version \(version)")
+            fs.invalidate(["data"])
+            #expect(read(dir + "/data") == "version \(version)")
+        }
+        // Each version was looked up once; invalidated names let the old ones go.
+        dropKernelCaches()
+        let deadline = Date().addingTimeInterval(10)
+        while fs.versionedInodeCount > 0, Date() < deadline { usleep(20_000) }
+        #expect(fs.versionedInodeCount == 0, "inodes the kernel forgot are still held")
+        #expect(fs.openHandleCount == 0)
+        await unmount(fs, dir)
+    }
+
+    @Test func readdirFromAnyOffsetListsTheRest() async throws {
+        let files = (0..<5).map { i in
+            VirtualFile(
+                name: "f\(i)", permissions: 0o444, peek: { .bytes([UInt8(i)], mtime: Date()) },
+                open: { _ in .bytes([UInt8(i)], mtime: Date()) })
+        }
+        let (fs, dir) = try mount(files)
+        guard let stream = opendir(dir) else {
+            Issue.record("opendir failed: errno \(errno)")
+            await unmount(fs, dir)
+            return
+        }
+        func names(from offset: Int) -> [String] {
+            seekdir(stream, offset)
+            var out: [String] = []
+            while let entry = readdir(stream) {
+                out.append(
+                    withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                )
+            }
+            return out
+        }
+        #expect(names(from: 0) == [".", "..", "f0", "f1", "f2", "f3", "f4"])
+        #expect(names(from: 4) == ["f2", "f3", "f4"])
+        #expect(names(from: 7) == [])
+        #expect(names(from: 1000) == [])
+        closedir(stream)
+        // RELEASEDIR is asynchronous.
+        let deadline = Date().addingTimeInterval(5)
+        while fs.openHandleCount > 0, Date() < deadline { usleep(10_000) }
+        #expect(fs.openHandleCount == 0)
+        await unmount(fs, dir)
+    }
+}
