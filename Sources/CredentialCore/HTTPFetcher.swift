@@ -94,7 +94,9 @@ public final class HTTPFetcher: Sendable {
             method: method, url: url, headers: headers, body: body, timeouts: timeouts, proxy: proxy(for: url))
         let outcome = await transfer.runOnOwnThread()
         switch outcome {
-        case .success(let response): return response
+        case .success(let response):
+            ServerClockProbe.report(response.date)
+            return response
         case .failure(let reason): throw CredentialError("\(method) \(where_): \(reason)")
         }
     }

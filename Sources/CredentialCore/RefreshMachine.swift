@@ -26,6 +26,16 @@ public struct RefreshPolicy: Sendable, Equatable {
     public var minimumRetry: TimeInterval = 0.1
     public var unchangedPollMax: TimeInterval = 30
     public var unchangedPollMin: TimeInterval = 1
+    /// A set fetched off schedule (the first after start, or the first after failures)
+    /// plans its prefetch anywhere in this fraction of the time between the fetch and the
+    /// steady prefetch point, so daemons that start (or recover) together spread over a
+    /// whole refresh period instead of marching in step (docs/operations.md, fleet policy).
+    public var spreadFraction: TimeInterval = 1.0
+    /// The spread window opens this long after the fetch (at most half the lifetime), so a
+    /// daemon that has just started does not ask again at once.
+    public var spreadMinDelay: TimeInterval = 60
+    /// Skew the local clock may be behind the cloud's before credfs follows the cloud's.
+    public var skewTolerance: TimeInterval = 5
 
     public init(refreshBefore: TimeInterval? = nil) { self.refreshBefore = refreshBefore }
 
@@ -60,22 +70,57 @@ public struct RefreshMachine: Sendable {
     public private(set) var lastError: String?
     public private(set) var upstreamRequests = 0
     public private(set) var inFlight = false
+    /// When the current set would be replaced on the steady schedule (10% jitter); an
+    /// unchanged answer before it waits for it rather than polling.
+    public private(set) var steadyPrefetchAt: Date?
+    /// The cloud's clock minus the local clock, from the last answer's HTTP `Date`
+    /// (positive: the local clock is behind); nil until an upstream has told.
+    public private(set) var clockSkew: TimeInterval?
+    /// The next set's prefetch is spread over a whole period (first set, or after failures).
+    var offSchedule = true
+    /// How each finished upstream request ended, counted since start.
+    public private(set) var results = RefreshResults()
+    /// How long each finished upstream request took (begin to answer), in seconds.
+    public private(set) var durations = DurationHistogram()
+    var beganAt: Date?
 
     public init(policy: RefreshPolicy, now: Date) {
         self.policy = policy
         self.nextRefresh = now
     }
 
+    /// The skew expiry and scheduling follow: the measured skew when the local clock is
+    /// behind by more than ``RefreshPolicy/skewTolerance``, else 0 (a clock that is ahead
+    /// only makes credfs more careful).
+    public var effectiveSkew: TimeInterval {
+        guard let clockSkew, clockSkew > policy.skewTolerance else { return 0 }
+        return clockSkew
+    }
+
+    /// The cloud's time at local time `now`.
+    public func cloudTime(_ now: Date) -> Date { now.addingTimeInterval(effectiveSkew) }
+
+    /// The local instant at which the current set expires by the cloud's clock.
+    public var localExpiry: Date? {
+        published?.credentials.expiration.map { $0.addingTimeInterval(-effectiveSkew) }
+    }
+
+    /// An upstream answer carried the cloud's time `serverDate`; it arrived at local `now`.
+    /// Call before ``succeeded(_:at:jitter:)`` so the answer is scheduled by it.
+    public mutating func observeClock(serverDate: Date, at now: Date) {
+        clockSkew = serverDate.timeIntervalSince(now)
+    }
+
     public func state(at now: Date) -> RefreshState {
         guard let published else { return .pending }
-        if !published.credentials.isValid(at: now) { return .expired }
+        if !published.credentials.isValid(at: cloudTime(now)) { return .expired }
         if consecutiveFailures > 0 { return .stale }
         return inFlight ? .refreshing : .fresh
     }
 
     /// The credentials to serve at `now`: nil while pending or once expired.
     public func serving(at now: Date) -> Published? {
-        guard let published, published.credentials.isValid(at: now) else { return nil }
+        guard let published, published.credentials.isValid(at: cloudTime(now)) else { return nil }
         return published
     }
 
@@ -86,6 +131,7 @@ public struct RefreshMachine: Sendable {
         guard !inFlight else { return false }
         inFlight = true
         upstreamRequests += 1
+        beganAt = now
         return true
     }
 
@@ -106,17 +152,27 @@ public struct RefreshMachine: Sendable {
     public mutating func succeeded(_ credentials: Credentials, at now: Date, jitter: Double)
         -> Outcome
     {
+        finish(at: now)
         inFlight = false
+        let spread = offSchedule || consecutiveFailures > 0
         consecutiveFailures = 0
         lastError = nil
         lastRefresh = now
+        // Expiry and schedule follow the cloud's clock when the local one is behind.
+        let skew = effectiveSkew
+        let cloudNow = now.addingTimeInterval(skew)
         if let current = published, current.credentials == credentials {
-            // Same answer: back on the prefetch schedule if it has not come yet, otherwise
-            // poll until new credentials come or these expire.
+            // Same answer: back on the prefetch schedule if it has not come yet (the steady
+            // one, when an early spread refresh found nothing new), otherwise poll until new
+            // credentials come or these expire.
+            offSchedule = spread
+            results.unchanged += 1
             if let prefetchAt, now < prefetchAt {
                 nextRefresh = prefetchAt
+            } else if let steadyPrefetchAt, now < steadyPrefetchAt {
+                nextRefresh = steadyPrefetchAt
             } else if let expiration = credentials.expiration {
-                let remaining = expiration.timeIntervalSince(now)
+                let remaining = expiration.timeIntervalSince(cloudNow)
                 let delay = max(policy.unchangedPollMin, min(policy.unchangedPollMax, remaining / 10))
                 nextRefresh = now.addingTimeInterval(delay)
             } else {
@@ -126,28 +182,48 @@ public struct RefreshMachine: Sendable {
         }
         let generation = (published?.generation ?? 0) + 1
         published = Published(credentials: credentials, generation: generation, fetchedAt: now)
+        offSchedule = false
+        results.success += 1
         if let expiration = credentials.expiration {
-            let lifetime = expiration.timeIntervalSince(now)
+            // Planned on the cloud's clock, then turned back into local time.
+            let lifetime = expiration.timeIntervalSince(cloudNow)
             let lead = policy.refreshLead(lifetime: lifetime)
-            let planned = expiration.addingTimeInterval(-lead - jitter * policy.jitterFraction * lead)
+            let steady = expiration.addingTimeInterval(-lead - jitter * policy.jitterFraction * lead)
             // Never plan the next request sooner than half the lifetime (at most 1 s) away:
             // a --refresh-before longer than the lifetime must not turn into a busy loop.
-            let earliest = now.addingTimeInterval(min(1, lifetime / 2))
-            prefetchAt = max(planned, earliest)
+            let earliest = cloudNow.addingTimeInterval(min(1, lifetime / 2))
+            let steadyAt = max(steady, earliest)
+            var planned = steadyAt
+            if spread {
+                // Off schedule: anywhere in the last spreadFraction of [opens, steady].
+                let opens = cloudNow.addingTimeInterval(min(policy.spreadMinDelay, lifetime / 2))
+                let window = max(0, steadyAt.timeIntervalSince(opens)) * min(max(policy.spreadFraction, 0), 1)
+                planned = steadyAt.addingTimeInterval(-jitter * window)
+            }
+            steadyPrefetchAt = steadyAt.addingTimeInterval(-skew)
+            prefetchAt = planned.addingTimeInterval(-skew)
         } else {
+            steadyPrefetchAt = .distantFuture
             prefetchAt = .distantFuture
         }
-        nextRefresh = prefetchAt!
+        nextRefresh = prefetchAt ?? .distantFuture
         return .rotated(generation: generation)
     }
 
     /// The upstream failed or answered something invalid: keep serving what is held, and
     /// retry after a full-jitter exponential backoff. `jitter` is a uniform draw from [0, 1).
     public mutating func failed(_ error: String, at now: Date, jitter: Double) {
+        finish(at: now)
+        results.failure += 1
         inFlight = false
         consecutiveFailures += 1
         lastError = error
         nextRefresh = now.addingTimeInterval(retryDelay(jitter: jitter))
+    }
+
+    mutating func finish(at now: Date) {
+        if inFlight, let beganAt { durations.observe(max(0, now.timeIntervalSince(beganAt))) }
+        beganAt = nil
     }
 
     /// The backoff ceiling after ``consecutiveFailures`` failures: 1, 2, 4 … 60 s.
@@ -179,6 +255,14 @@ public struct StatusSnapshot: Sendable, Equatable {
     public var version: String
     /// How the mount serves reads, when the caller knows (the daemon does).
     public var serving: ServingFacts?
+    /// The cloud's clock minus the local clock in whole seconds; nil until measured.
+    public var clockSkewSeconds: Int?
+    /// Finished upstream requests by outcome (metrics).
+    public var results: RefreshResults
+    /// Upstream request durations (metrics).
+    public var durations: DurationHistogram
+    /// Daemon restarts under this mount (takeovers); 0 until takeover exists.
+    public var restarts: Int = 0
 
     public init(
         machine: RefreshMachine, provider: String, mountedAt: Date, version: String, now: Date
@@ -189,7 +273,8 @@ public struct StatusSnapshot: Sendable, Equatable {
         generation = published?.generation ?? 0
         maskedAccessKeyId = published?.credentials.maskedAccessKeyId
         expiration = published?.credentials.expiration
-        secondsRemaining = expiration.map { max(0, Int($0.timeIntervalSince(now).rounded(.down))) }
+        let cloudNow = machine.cloudTime(now)
+        secondsRemaining = expiration.map { max(0, Int(clamping: $0.timeIntervalSince(cloudNow), rounding: .down)) }
         lastRefresh = machine.lastRefresh
         nextRefresh =
             machine.inFlight || machine.nextRefresh == .distantFuture ? nil : machine.nextRefresh
@@ -198,6 +283,51 @@ public struct StatusSnapshot: Sendable, Equatable {
         upstreamRequests = machine.upstreamRequests
         self.mountedAt = mountedAt
         self.version = version
+        results = machine.results
+        durations = machine.durations
+        clockSkewSeconds = machine.clockSkew.map { Int(clamping: $0, rounding: .toNearestOrAwayFromZero) }
+    }
+}
+
+extension Int {
+    /// A Double turned into an Int without trapping: NaN is 0, out-of-range values clamp.
+    init(clamping value: Double, rounding rule: FloatingPointRoundingRule) {
+        let rounded = value.rounded(rule)
+        if rounded.isNaN {
+            self = 0
+        } else if rounded >= 9.2e18 {
+            self = .max
+        } else if rounded <= -9.2e18 {
+            self = .min
+        } else {
+            self = Int(rounded)
+        }
+    }
+}
+
+/// Finished upstream requests by how they ended: a new generation, the set already held,
+/// or a failure (error or rejected answer).
+public struct RefreshResults: Sendable, Equatable {
+    public var success = 0
+    public var unchanged = 0
+    public var failure = 0
+    public init() {}
+}
+
+/// A cumulative histogram of durations in seconds, with Prometheus' default buckets.
+public struct DurationHistogram: Sendable, Equatable {
+    public static let bounds: [Double] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+    /// Observations at or below each bound (cumulative), in the order of ``bounds``.
+    public private(set) var cumulative = [Int](repeating: 0, count: DurationHistogram.bounds.count)
+    public private(set) var count = 0
+    public private(set) var sum: Double = 0
+    public init() {}
+
+    public mutating func observe(_ seconds: Double) {
+        guard seconds.isFinite else { return }
+        count += 1
+        sum += seconds
+        for (index, bound) in Self.bounds.enumerated() where seconds <= bound { cumulative[index] += 1 }
     }
 }
 

@@ -51,6 +51,7 @@ public final class Refresher: Sendable {
         var machine: RefreshMachine
         var flight: Task<Void, Never>?
         var loggedExpiry = false
+        var loggedSkew = false
     }
     let inner: Mutex<Inner>
     let wakeup = Wakeup()
@@ -120,7 +121,8 @@ public final class Refresher: Sendable {
         while !Task.isCancelled {
             let now = clock.now()
             let (next, expiry) = inner.withLock { inner -> (Date, Date?) in
-                let exp = inner.loggedExpiry ? nil : inner.machine.published?.credentials.expiration
+                // Expiry by the cloud's clock when the local one is behind.
+                let exp = inner.loggedExpiry ? nil : inner.machine.localExpiry
                 return (inner.machine.nextRefresh, exp)
             }
             if let expiry, now >= expiry {
@@ -150,16 +152,20 @@ public final class Refresher: Sendable {
         }
         let started = inner.withLock { $0.machine.begin(at: clock.now()) }
         guard started else { return }
-        let result: Result<Credentials, CredentialError>
-        do {
-            result = .success(try await provider.fetch())
-        } catch let error as CredentialError {
-            result = .failure(error)
-        } catch {
-            result = .failure(CredentialError("\(provider.name): \(type(of: error))"))
+        // The HTTP answers' Date headers land in the probe: the cloud's clock.
+        let probe = ServerClockProbe()
+        let result: Result<Credentials, CredentialError> = await ServerClockProbe.$current.withValue(probe) {
+            do {
+                return .success(try await provider.fetch())
+            } catch let error as CredentialError {
+                return .failure(error)
+            } catch {
+                return .failure(CredentialError("\(provider.name): \(type(of: error))"))
+            }
         }
         let now = clock.now()
         let jitter = random()
+        observeClock(probe, at: now)
         switch result {
         case .success(let credentials):
             let (outcome, published) = inner.withLock { inner in
@@ -194,6 +200,36 @@ public final class Refresher: Sendable {
                 "refresh failed",
                 metadata: ["error": "\(message)", "consecutiveFailures": "\(failures)"])
         }
+    }
+}
+
+extension Refresher {
+    /// Feeds the skew the last answer showed into the machine (before its outcome, so the
+    /// outcome is scheduled by it); logs once when it first passes 60 s either way.
+    func observeClock(_ probe: ServerClockProbe, at now: Date) {
+        guard let skew = probe.skew else { return }
+        let first = inner.withLock { inner -> Bool in
+            inner.machine.observeClock(serverDate: now.addingTimeInterval(skew), at: now)
+            guard abs(skew) > 60, !inner.loggedSkew else { return false }
+            inner.loggedSkew = true
+            return true
+        }
+        if first {
+            let seconds = Int(clamping: skew, rounding: .toNearestOrAwayFromZero)
+            logger.warning(
+                "the local clock differs from the cloud's by more than 60 s",
+                metadata: [
+                    "clockSkewSeconds": "\(seconds)",
+                    "following":
+                        "\(skew > 0 ? "the cloud's clock for expiry and refresh" : "the local clock (it is ahead)")",
+                ])
+        }
+    }
+
+    /// The cloud's time now, as far as the refresher knows it.
+    public func cloudNow() -> Date {
+        let now = clock.now()
+        return inner.withLock { $0.machine.cloudTime(now) }
     }
 }
 

@@ -62,6 +62,7 @@ public enum Render {
             ("upstreamRequests", int(s.upstreamRequests)),
             ("mountedAt", time(s.mountedAt)),
             ("version", str(s.version)),
+            ("clockSkewSeconds", int(s.clockSkewSeconds)),
         ]
         if let serving = s.serving {
             fields += [

@@ -45,6 +45,9 @@ struct Mount: AsyncParsableCommand {
     @Option(help: "Also answer GET / on this loopback HOST:PORT with the credentials-URI JSON.")
     var serveUri: LoopbackAddress?
 
+    @Option(help: "Serve Prometheus metrics at GET /metrics on HOST:PORT (no secret in them; any address).")
+    var metrics: ListenAddress?
+
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: Logger.Level = .info
 
@@ -201,6 +204,7 @@ struct Mount: AsyncParsableCommand {
                 throw Failure(message: "\(error)")
             }
         }
+        let metricsServer = try await MetricsService.bind(metrics, views: views)
         do {
             try fs.mount()
         } catch {
@@ -230,6 +234,7 @@ struct Mount: AsyncParsableCommand {
                 metadata: ["address": "http://\(serveUri!.host):\(uriServer.port)/"])
             services.append(.init(service: URIService(server: uriServer)))
         }
+        if let metricsServer { services.append(metricsServer.started(logger: logger)) }
         let group = ServiceGroup(
             configuration: .init(
                 services: services,

@@ -14,8 +14,15 @@ import Testing
     }
 
     /// A machine that fetched `credentials` at `t0` with the given jitter.
+    /// The steady schedule only: no spread of the first set over the whole period.
+    static var steady: RefreshPolicy {
+        var policy = RefreshPolicy()
+        policy.spreadFraction = 0
+        return policy
+    }
+
     func machine(
-        holding credentials: Credentials = Fixture.sts(), policy: RefreshPolicy = RefreshPolicy(),
+        holding credentials: Credentials = Fixture.sts(), policy: RefreshPolicy = RefreshMachineTests.steady,
         jitter: Double = 0
     ) -> RefreshMachine {
         var m = RefreshMachine(policy: policy, now: t0)
@@ -82,7 +89,8 @@ import Testing
     }
 
     @Test func explicitRefreshBefore() {
-        let policy = RefreshPolicy(refreshBefore: 300)
+        var policy = RefreshPolicy(refreshBefore: 300)
+        policy.spreadFraction = 0
         let early = machine(policy: policy, jitter: 0)
         #expect(isClose(early.nextRefresh, Fixture.expiration.addingTimeInterval(-300)))
         let late = machine(policy: policy, jitter: 0.5)
@@ -96,6 +104,7 @@ import Testing
         // 60 s credentials with --refresh-before 15 min: never sooner than 1 s away.
         let m = machine(
             holding: Fixture.sts(expiration: at(60)), policy: RefreshPolicy(refreshBefore: 900))
+        // (the spread window opens 30 s in, after the steady point: nothing to spread)
         #expect(isClose(m.nextRefresh, at(1)))
         // A 1 s lifetime: half of it.
         let short = machine(

@@ -181,6 +181,7 @@ import Testing
         "state", "provider", "generation", "accessKeyId", "expiration", "secondsRemaining",
         "lastRefresh",
         "nextRefresh", "consecutiveFailures", "lastError", "upstreamRequests", "mountedAt", "version",
+        "clockSkewSeconds",
     ]
 
     /// The keys of a rendered status file, in the order they appear.

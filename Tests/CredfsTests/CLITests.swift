@@ -25,6 +25,10 @@ struct CLITests {
         ["mount", "/tmp/credfs-never", "--duration", "43201"],
         ["mount", "/tmp/credfs-never", "--serve-uri", "127.0.0.1:99999"],
         ["mount", "/tmp/credfs-never", "--serve-uri", "10.0.0.1:80"],
+        ["mount", "/tmp/credfs-never", "--metrics", "9464"],
+        ["mount", "/tmp/credfs-never", "--metrics", "example.com:9464"],
+        ["mount", "/tmp/credfs-never", "--metrics", "::1:9464"],
+        ["mount", "/tmp/credfs-never", "--metrics", "127.0.0.1:70000"],
         ["get", "--field", "password"],
         ["frobnicate"],
     ])

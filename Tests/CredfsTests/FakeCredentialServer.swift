@@ -28,8 +28,13 @@ final class FakeCredentialServer: Sendable {
     let state: Mutex<State>
     private let http: Mutex<FakeHTTPServer?> = Mutex(nil)
 
-    init(lifetime: TimeInterval = 3600, rotateOnEachRequest: Bool = false) {
+    /// The fake's clock minus the local clock: its `Date` header and the Expiration it
+    /// hands out follow it (nil: no `Date` header, local clock).
+    let clockOffset: TimeInterval?
+
+    init(lifetime: TimeInterval = 3600, rotateOnEachRequest: Bool = false, clockOffset: TimeInterval? = nil) {
         state = Mutex(State(rotateOnEachRequest: rotateOnEachRequest, lifetime: lifetime))
+        self.clockOffset = clockOffset
     }
 
     var port: Int { http.withLock { $0?.port ?? 0 } }
@@ -67,7 +72,7 @@ final class FakeCredentialServer: Sendable {
     }
 
     func start() async throws {
-        let server = FakeHTTPServer { [self] _ in
+        let server = FakeHTTPServer(dateOffset: clockOffset) { [self] _ in
             guard let (status, body) = answer() else { return .hang }
             return .respond(status: status, body: body)
         }
@@ -99,7 +104,8 @@ final class FakeCredentialServer: Sendable {
                 }
                 if s.expiration == nil {
                     s.expiration = Date(
-                        timeIntervalSince1970: (Date().timeIntervalSince1970 + s.lifetime).rounded(.down))
+                        timeIntervalSince1970: (Date().timeIntervalSince1970 + (clockOffset ?? 0) + s.lifetime)
+                            .rounded(.down))
                 }
                 let g = s.generation
                 let expiration = ISO8601DateFormatter().string(from: s.expiration!)

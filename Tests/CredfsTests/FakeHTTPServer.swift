@@ -1,3 +1,4 @@
+import CredentialCore
 import Foundation
 import NIOCore
 import NIOHTTP1
@@ -44,10 +45,14 @@ enum FakeReply: Sendable {
 /// A plain HTTP/1.1 server on 127.0.0.1 whose every answer comes from `handler`.
 final class FakeHTTPServer: Sendable {
     let handler: @Sendable (FakeRequest) -> FakeReply
+    /// When set, every answer carries a `Date` header this far from the local clock (the
+    /// fake's own clock), as real upstreams send theirs.
+    let dateOffset: TimeInterval?
     private let channel: Mutex<Channel?> = Mutex(nil)
 
-    init(handler: @escaping @Sendable (FakeRequest) -> FakeReply) {
+    init(dateOffset: TimeInterval? = nil, handler: @escaping @Sendable (FakeRequest) -> FakeReply) {
         self.handler = handler
+        self.dateOffset = dateOffset
     }
 
     var port: Int { channel.withLock { $0?.localAddress?.port ?? 0 } }
@@ -118,6 +123,9 @@ final class FakeHTTPServer: Sendable {
             var headers = HTTPHeaders()
             headers.add(name: "Content-Type", value: "application/json")
             headers.add(name: "Content-Length", value: String(announced))
+            if let offset = server.dateOffset {
+                headers.add(name: "Date", value: HTTPDate.format(Date().addingTimeInterval(offset)))
+            }
             let head = HTTPResponseHead(
                 version: .http1_1, status: HTTPResponseStatus(statusCode: status), headers: headers)
             context.write(wrapOutboundOut(.head(head)), promise: nil)

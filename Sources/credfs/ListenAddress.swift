@@ -1,0 +1,33 @@
+import ArgumentParser
+import Glibc
+
+/// `--metrics HOST:PORT`: any IPv4 or IPv6 literal (`[::]:9464`), or `localhost`.
+/// Unlike `--serve-uri`, non-loopback addresses are allowed: the metrics hold no secret.
+struct ListenAddress: ExpressibleByArgument {
+    var host: String
+    var port: Int
+
+    init?(argument: String) {
+        guard let colon = argument.lastIndex(of: ":") else { return nil }
+        var host = String(argument[..<colon])
+        let bracketed = host.hasPrefix("[") && host.hasSuffix("]")
+        if bracketed { host = String(host.dropFirst().dropLast()) }
+        guard let port = Int(argument[argument.index(after: colon)...]), (0...65535).contains(port)
+        else { return nil }
+        if host == "localhost" { host = "127.0.0.1" }
+        var v4 = in_addr()
+        var v6 = in6_addr()
+        let isV4 = !bracketed && inet_pton(AF_INET, host, &v4) == 1
+        let isV6 = bracketed && inet_pton(AF_INET6, host, &v6) == 1
+        guard isV4 || isV6 else { return nil }
+        self.host = host
+        self.port = port
+    }
+
+    var isLoopback: Bool { LoopbackAddress.isLoopback(host) }
+
+    /// `host:port`, with brackets around an IPv6 host.
+    var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+    static var defaultValueDescription: String { "HOST:PORT" }
+}

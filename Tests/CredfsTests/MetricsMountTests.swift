@@ -1,0 +1,76 @@
+import Foundation
+import Testing
+
+/// `--metrics` on a real mount: the fstab spelling, any address, and a busy port.
+/// (Values against `status` are checked by Tests/clients/test_metrics.py with the
+/// official Prometheus parser.)
+@Suite(.serialized) struct MetricsMountTests {
+    static func freePort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+        }
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    func scrape(_ url: String) throws -> CommandResult {
+        try runProcess("/usr/bin/curl", ["-s", "-S", "--max-time", "5", "-w", "\n%{http_code}", url])
+    }
+
+    @Test func fstabOptionAndAnyAddress() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let mountpoint = dir.path + "/mnt"
+        let port = Self.freePort()
+        // As mount(8) runs the helper: SOURCE MOUNTPOINT -o OPTIONS.
+        let mounted = try runCredfs([
+            "credfs", mountpoint, "-o", "provider=demo,demo_lifetime=3600,metrics=0.0.0.0:\(port)",
+        ])
+        #expect(mounted.status == 0, "\(mounted.stderr)")
+        defer {
+            _ = try? runCredfs(["unmount", mountpoint])
+            if isMounted(mountpoint) { umount2(mountpoint, Int32(MNT_DETACH)) }
+        }
+        let result = try scrape("http://127.0.0.1:\(port)/metrics")
+        #expect(result.stdout.hasSuffix("\n200"))
+        #expect(result.stdout.contains("credfs_generation 1\n"))
+        #expect(result.stdout.contains("credfs_upstream_requests_total{provider=\"demo\"} 1\n"))
+        #expect(!result.stdout.contains("DEMO"))
+        let credentials = try #require(readFile(mountpoint + "/credentials").text)
+        #expect(!result.stdout.contains(String(credentials.prefix(40))))
+    }
+
+    @Test func busyPortFailsWithOneLineAndNoMount() throws {
+        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(holder) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, length) }
+        }
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(holder, $0, &length) }
+        }
+        #expect(listen(holder, 1) == 0)
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let mountpoint = dir.path + "/mnt"
+        let result = try runCredfs([
+            "mount", mountpoint, "--provider", "demo", "--demo-lifetime", "3600", "--metrics", "127.0.0.1:\(port)",
+        ])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("cannot listen on 127.0.0.1:\(port) for metrics"), "\(result.stderr)")
+        #expect(!isMounted(mountpoint))
+    }
+}
