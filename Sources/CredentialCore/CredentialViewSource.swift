@@ -94,7 +94,7 @@ public final class CredentialViewSource: Sendable {
     public func open(_ view: CredentialView, reader: GenerationPins.Reader? = nil) -> ViewContent {
         if view == .status { return statusContent() }
         guard let published = refresher.serving() else { return unavailable() }
-        let now = clock.now()
+        let now = refresher.cloudNow()
         let generation = rendered(published)
         guard view.isField, let reader else { return content(view, of: generation) }
         return content(view, of: pins.generation(for: reader, current: generation, pin: view.startsPin, now: now))
@@ -105,7 +105,7 @@ public final class CredentialViewSource: Sendable {
     public func lookup(_ view: CredentialView, reader: GenerationPins.Reader?) -> ViewContent {
         guard view.isField, let reader, let published = refresher.serving() else { return peek(view) }
         let current = rendered(published)
-        guard let pinned = pins.pinned(reader, now: clock.now()),
+        guard let pinned = pins.pinned(reader, now: refresher.cloudNow()),
             pinned.published.generation != current.published.generation
         else { return content(view, of: current) }
         return content(view, of: pinned)

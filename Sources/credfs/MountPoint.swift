@@ -48,7 +48,7 @@ enum MountPoint {
 
     /// The filesystem type mounted at `path` (the topmost mount), from /proc/self/mountinfo.
     static func mountType(at path: String) -> String? {
-        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else {
+        guard let text = readWhole("/proc/self/mountinfo") else {
             return nil
         }
         var found: String?
@@ -60,6 +60,27 @@ enum MountPoint {
             if unescape(String(fields[4])) == path { found = String(fields[dash + 1]) }
         }
         return found
+    }
+
+    /// The whole of a /proc file, read(2) until end of file. `String(contentsOfFile:)` returns
+    /// only the first 4 KiB of a procfs file (its st_size is 0), and a mountinfo with more
+    /// mounts than that (a container, a Kubernetes node) would hide a credfs mount.
+    static func readWhole(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(fd, &buffer, buffer.count)
+            if n > 0 {
+                bytes.append(contentsOf: buffer.prefix(n))
+            } else if n == 0 {
+                return String(decoding: bytes, as: UTF8.self)
+            } else if errno != EINTR {
+                return nil
+            }
+        }
     }
 
     /// mountinfo escapes space, tab, newline and backslash as `\ooo`.

@@ -56,11 +56,31 @@ func readAll(_ fd: Int32, chunk: Int = 4096) -> PosixRead {
 
 /// True when `path` is the mount point of a live mount in /proc/mounts.
 func isMounted(_ path: String) -> Bool {
-    guard let mounts = try? String(contentsOfFile: "/proc/mounts", encoding: .utf8) else {
+    guard let mounts = readProcFile("/proc/mounts") else {
         return false
     }
     return mounts.split(separator: "\n").contains {
         $0.split(separator: " ").dropFirst().first.map(String.init) == path
+    }
+}
+
+/// The whole of a /proc file, read(2) to end of file: `String(contentsOfFile:)` stops
+/// after the first 4 KiB of a procfs file (its st_size is 0).
+func readProcFile(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = read(fd, &buffer, buffer.count)
+        if n > 0 {
+            bytes.append(contentsOf: buffer.prefix(n))
+        } else if n == 0 {
+            return String(decoding: bytes, as: UTF8.self)
+        } else if errno != EINTR {
+            return nil
+        }
     }
 }
 
