@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// Validates upstream answers (SPEC section 3, last paragraph) and turns them into
 /// ``Credentials``. Every rejection is a ``CredentialError`` with one line that names

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// One set of Alibaba Cloud credentials as an upstream handed them out.
 ///

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Logging
 import Synchronization
 
@@ -42,7 +42,7 @@ public final class EcsMetadataProvider: CredentialProvider {
     ///   - imdsV1Disabled: refuse to ask without a metadata token.
     public init(
         endpoint: String = "http://100.100.100.200", role: String? = nil, imdsV1Disabled: Bool = false,
-        http: HTTPFetcher = HTTPFetcher(timeouts: .metadata),
+        http: HTTPFetcher = HTTPFetcher(timeouts: .metadata, proxy: .never),
         now: @escaping @Sendable () -> Date = { Date() },
         logger: Logger = Logger(label: "credfs.ecs-ram-role")
     ) {
@@ -51,7 +51,8 @@ public final class EcsMetadataProvider: CredentialProvider {
         self.endpoint = base
         self.configuredRole = role.flatMap { $0.isEmpty ? nil : $0 }
         self.imdsV1Disabled = imdsV1Disabled
-        self.http = http
+        // A proxy must never see metadata traffic, whatever fetcher was passed in.
+        self.http = http.direct()
         self.now = now
         self.logger = logger
     }
@@ -158,9 +159,7 @@ public final class EcsMetadataProvider: CredentialProvider {
         }
         let text = String(decoding: response.body, as: UTF8.self)
         let role =
-            text.split(whereSeparator: \.isNewline).first.map {
-                $0.trimmingCharacters(in: .whitespaces)
-            } ?? ""
+            text.split(whereSeparator: \.isNewline).first.map { Text.trimmed($0) } ?? ""
         guard !role.isEmpty, role.count <= 256, !role.contains("/"),
             role.allSatisfy({ !$0.isWhitespace })
         else {
@@ -181,15 +180,12 @@ public final class EcsMetadataProvider: CredentialProvider {
     /// A token is printable ASCII, no longer than 4 KiB: anything else is not sent as a header.
     static func usableToken(_ body: [UInt8]) -> String? {
         guard !body.isEmpty, body.count <= 4096 else { return nil }
-        let trimmed = String(decoding: body, as: UTF8.self).trimmingCharacters(
-            in: .whitespacesAndNewlines)
+        let trimmed = Text.trimmed(String(decoding: body, as: UTF8.self))
         guard !trimmed.isEmpty, trimmed.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else { return nil }
         return trimmed
     }
 
     static func pathComponent(_ role: String) -> String {
-        var allowed = CharacterSet.alphanumerics
-        allowed.insert(charactersIn: "-_.~")
-        return role.addingPercentEncoding(withAllowedCharacters: allowed) ?? role
+        Text.percentEncoded(role)
     }
 }

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Synchronization
 
 /// Where STS is (SPEC section 3): `--sts-endpoint`, else
@@ -75,8 +75,10 @@ public enum STSAnswer {
     /// STS's `SignatureDoesNotMatch` message quotes its whole string to sign, which holds
     /// the signer's SecurityToken: the message is cut before it.
     static func withoutStringToSign(_ message: String) -> String {
-        guard let range = message.range(of: "string to sign", options: .caseInsensitive) else { return message }
-        var kept = String(message[..<range.lowerBound])
+        let bytes = Array(message.utf8)
+        let lower = bytes.map { $0 >= 0x41 && $0 <= 0x5A ? $0 | 0x20 : $0 }  // ASCII only: same offsets
+        guard let range = lower.firstRange(of: Array("string to sign".utf8)) else { return message }
+        var kept = String(decoding: bytes[..<range.lowerBound], as: UTF8.self)
         while kept.hasSuffix(" ") || kept.hasSuffix(".") { kept.removeLast() }
         if kept.lowercased().hasSuffix("server") { kept.removeLast(6) }
         while kept.hasSuffix(" ") || kept.hasSuffix(".") { kept.removeLast() }

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Logging
 import Synchronization
 
@@ -100,7 +100,7 @@ public final class AutoProvider: CredentialProvider {
         imdsEndpoint: String = "http://100.100.100.200", role: String? = nil,
         stsEndpoint: String? = nil,
         http: HTTPFetcher = HTTPFetcher(timeouts: .standard),
-        metadataHTTP: HTTPFetcher = HTTPFetcher(timeouts: .metadata),
+        metadataHTTP: HTTPFetcher = HTTPFetcher(timeouts: .metadata, proxy: .never),
         logger: Logger = Logger(label: "credfs.auto")
     ) {
         self.environment = environment

@@ -1,5 +1,5 @@
-import Crypto
-import Foundation
+import CCurl
+import FoundationEssentials
 import Logging
 
 /// Alibaba Cloud's RPC-style request signature, version 1.0 (HMAC-SHA1):
@@ -27,9 +27,16 @@ public enum RPCSignature {
 
     /// base64(HMAC-SHA1(secret + "&", text)).
     public static func signature(of text: String, secret: String) -> String {
-        let key = SymmetricKey(data: Array((secret + "&").utf8))
-        let code = HMAC<Insecure.SHA1>.authenticationCode(for: Array(text.utf8), using: key)
-        return Data(code).base64EncodedString()
+        let key = Array((secret + "&").utf8)
+        let message = Array(text.utf8)
+        var code = [UInt8](repeating: 0, count: 20)
+        // HMAC-SHA1 cannot fail for in-memory inputs; a key beyond Int32 cannot come from STS.
+        let done =
+            key.count <= Int(Int32.max)
+            && code.withUnsafeMutableBufferPointer { out in
+                credfs_hmac_sha1(key, Int32(key.count), message, message.count, out.baseAddress) == 1
+            }
+        return done ? Data(code).base64EncodedString() : ""
     }
 
     /// The signature of `parameters` for a GET.

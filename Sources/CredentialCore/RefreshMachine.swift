@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// The states of SPEC section 5.
 public enum RefreshState: String, Sendable {

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// Pure functions from credentials (or a status snapshot) to the exact bytes of each view.
 public enum Render {
@@ -115,7 +115,7 @@ extension Render {
     /// `export ALIBABA_CLOUD_…='…'` lines, single-quoted so any value is safe to `source`.
     public static func envFile(_ c: Credentials) -> [UInt8] {
         func quoted(_ s: String) -> String {
-            "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'"
+            "'" + s.replacing("'", with: "'\\''") + "'"
         }
         var lines = [
             "export ALIBABA_CLOUD_ACCESS_KEY_ID=\(quoted(c.accessKeyId))",

@@ -1,7 +1,8 @@
 import ArgumentParser
 import CredentialCore
-import Foundation
+import FoundationEssentials
 import FuseBridge
+import Glibc
 
 struct Unmount: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -33,7 +34,7 @@ struct Status: AsyncParsableCommand {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw Failure(message: "cannot read \(path): \(MountPoint.describe(errno))")
         }
-        FileHandle.standardOutput.write(data)
+        Output.standardOutput(Array(data))
         struct State: Decodable { var state: String }
         let state = (try? JSONDecoder().decode(State.self, from: data))?.state
         guard state == "fresh" || state == "refreshing" else { throw ExitCode(1) }
@@ -86,7 +87,7 @@ struct Get: AsyncParsableCommand {
             case .process: bytes = Render.processOutput(credentials)
             }
         }
-        guard let bytes else { throw Failure(message: "the credentials have no \(field?.rawValue ?? "field")") }
-        FileHandle.standardOutput.write(Data(bytes))
+        guard let bytes else { throw Failure(message: "the credentials have no \(field?.rawValue ?? "such field")") }
+        Output.standardOutput(bytes)
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CredentialCore
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// `credfs doctor`: checks what users get wrong and prints each problem with a one-line fix.
 /// Exit 0 when all is well, 1 otherwise. Never prints a secret, nor the value of any

@@ -1,5 +1,5 @@
 import ArgumentParser
-import Foundation
+import Glibc
 
 /// The entry point. Kept out of `main.swift` on purpose: top-level code there is
 /// main-actor isolated, and libfuse's threads must never call into it.
@@ -12,7 +12,7 @@ enum Entry {
             switch FstabArguments.translate(CommandLine.arguments) {
             case .success(let translated): arguments = translated
             case .failure(let failure):
-                FileHandle.standardError.write(Data("credfs: \(failure.message)\n".utf8))
+                Output.error("credfs: \(failure.message)")
                 exit(64)
             }
         }
@@ -34,13 +34,13 @@ enum Entry {
             }
             if let failure = error as? Failure {
                 if !failure.reported {
-                    FileHandle.standardError.write(Data("credfs: \(failure.message)\n".utf8))
+                    Output.error("credfs: \(failure.message)")
                 }
                 exit(failure.code)
             }
             let message = Credfs.message(for: error).split(whereSeparator: \.isNewline).first.map(
                 String.init)
-            FileHandle.standardError.write(Data("credfs: \(message ?? "error")\n".utf8))
+            Output.error("credfs: \(message ?? "error")")
             exit(code.rawValue)
         }
     }

@@ -1,5 +1,5 @@
 import ArgumentParser
-import Foundation
+import Glibc
 
 /// `--serve-uri HOST:PORT`: only loopback hosts (127.0.0.0/8, ::1, localhost).
 struct LoopbackAddress: ExpressibleByArgument {

@@ -1,5 +1,6 @@
 import CredentialCore
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 import ServiceLifecycle
 

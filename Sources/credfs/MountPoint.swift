@@ -1,6 +1,7 @@
 import CFuse3
-import Foundation
+import FoundationEssentials
 import FuseBridge
+import Glibc
 import Logging
 
 /// Getting a mount point ready: create it, clear a stale FUSE mount, refuse a live one.

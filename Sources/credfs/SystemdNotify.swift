@@ -1,11 +1,12 @@
-import Foundation
+import FoundationEssentials
+import Glibc
+import Synchronization
 
 /// sd_notify(3) without libsystemd: datagrams to `$NOTIFY_SOCKET` (a path, or `@name` in
 /// the abstract namespace). A no-op when the variable is not set.
 final class SystemdNotifier: Sendable {
     private let socketPath: String?
-    private let sentReady = NSLock()
-    nonisolated(unsafe) private var ready = false
+    private let sentReady = Mutex(false)
 
     init(environment: [String: String] = ProcessInfo.processInfo.environment) {
         let path = environment["NOTIFY_SOCKET"] ?? ""
@@ -14,7 +15,7 @@ final class SystemdNotifier: Sendable {
 
     /// `READY=1` (once) with a status line.
     func ready(status: String) {
-        let first = sentReady.withLock { () -> Bool in
+        let first = sentReady.withLock { ready -> Bool in
             defer { ready = true }
             return !ready
         }
