@@ -1,11 +1,13 @@
 import ArgumentParser
 import CFuse3
 import CredentialCore
-import Foundation
+import FoundationEssentials
+import Glibc
 import FuseBridge
 import Logging
 import ServiceLifecycle
 import UnixSignals
+import Synchronization
 
 struct Mount: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -268,12 +270,11 @@ actor SignalRouter {
 }
 
 /// A slot filled once, read from other threads.
-final class Holder<T: AnyObject & Sendable>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var stored: T?
+final class Holder<T: AnyObject & Sendable>: Sendable {
+    private let stored = Mutex<T?>(nil)
     var value: T? {
-        get { lock.withLock { stored } }
-        set { lock.withLock { stored = newValue } }
+        get { stored.withLock { $0 } }
+        set { stored.withLock { $0 = newValue } }
     }
 }
 

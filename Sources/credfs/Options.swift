@@ -1,6 +1,7 @@
 import ArgumentParser
 import CredentialCore
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 
 /// The sources this build can fetch from.
