@@ -42,12 +42,25 @@ public final class FuseFileSystem: @unchecked Sendable {
     public let tree: VirtualDirectory
     public let mountpoint: String
     let options: MountOptions
-    private var session: OpaquePointer?
-    private let lock = NSLock()
-    private var detached = false
+    var session: OpaquePointer?
+    let lock = NSLock()
+    var detached = false
     private var running = false
     private var waiters: [CheckedContinuation<Void, Never>] = []
     let versions = VersionTable()
+    /// Open file and directory handles (`fi->fh` values are keys here, never pointers).
+    let handles = HandleTable()
+    /// The custom io every session uses (Takeover.swift); set before the loop starts.
+    var sessionIO: SessionIO?
+    /// Called (cheaply, from any thread) when what ``exportState()`` returns has changed.
+    public var onStateChange: (@Sendable () -> Void)? {
+        didSet {
+            versions.onChange = onStateChange
+            handles.onChange = onStateChange
+        }
+    }
+    /// Called once with the kernel's INIT request, which a successor needs.
+    public var onInitRequest: (@Sendable ([UInt8]) -> Void)?
     /// Entry and attribute timeout of versioned inodes, in seconds.
     static let versionedTimeout: Double = 86_400
 
@@ -80,6 +93,13 @@ public final class FuseFileSystem: @unchecked Sendable {
         guard fuse_session_mount(se, mountpoint) == 0 else {
             fuse_session_destroy(se)
             throw FuseError(description: "cannot mount FUSE at \(mountpoint)")
+        }
+        do {
+            try installRecordingIO(se)
+        } catch {
+            fuse_session_unmount(se)
+            fuse_session_destroy(se)
+            throw error
         }
         lock.withLock { session = se }
     }
@@ -140,6 +160,8 @@ public final class FuseFileSystem: @unchecked Sendable {
                 Self.detach(mountpoint)
             }
         }
+        // After the detach: a successor never mounted, so only the path unmounts it.
+        sessionIO?.stop()
         DispatchQueue.global().asyncAfter(deadline: .now() + grace) { [self] in
             let resume = lock.withLock { () -> [CheckedContinuation<Void, Never>] in
                 defer { waiters = [] }

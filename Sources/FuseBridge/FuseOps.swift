@@ -127,13 +127,13 @@ enum FuseOps {
         case .failure(let errno):
             fuse_reply_err(req, errno)
         case .bytes(let bytes, _, _):
-            let handle = Unmanaged.passRetained(OpenFile(bytes: bytes))
-            fi.pointee.fh = UInt64(UInt(bitPattern: handle.toOpaque()))
+            let fh = fs.handles.add(.file(inode: inode, bytes: bytes))
+            fi.pointee.fh = fh
             fi.pointee.direct_io = 1
             fi.pointee.keep_cache = 0
             if fuse_reply_open(req, fi) != 0 {
                 // The open was interrupted: no release will follow.
-                handle.release()
+                fs.handles.remove(fh)
             }
         }
     }
@@ -164,11 +164,11 @@ enum FuseOps {
             {
                 // The reader is held to another version than the current inode's (a pin):
                 // it reads its own snapshot, past the page cache, which stays untouched.
-                let handle = Unmanaged.passRetained(OpenFile(bytes: bytes))
-                fi.pointee.fh = UInt64(UInt(bitPattern: handle.toOpaque()))
+                let fh = fs.handles.add(.file(inode: inode, bytes: bytes))
+                fi.pointee.fh = fh
                 fi.pointee.direct_io = 1
                 fi.pointee.keep_cache = 1
-                if fuse_reply_open(req, fi) != 0 { handle.release() }
+                if fuse_reply_open(req, fi) != 0 { fs.handles.remove(fh) }
             } else {
                 // An old version's inode: make the kernel look the name up again.
                 fuse_reply_err(req, ESTALE)
@@ -176,24 +176,19 @@ enum FuseOps {
         }
     }
 
-    static func handle<T: AnyObject>(_ fi: UnsafeMutablePointer<fuse_file_info>?, as: T.Type)
-        -> Unmanaged<T>?
-    {
-        guard let fh = fi?.pointee.fh, fh != 0, let raw = UnsafeRawPointer(bitPattern: UInt(fh)) else {
-            return nil
-        }
-        return Unmanaged<T>.fromOpaque(raw)
-    }
-
     static let read:
         @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePointer<fuse_file_info>?) ->
             Void = {
                 req, inode, size, offset, fi in
+                let fs = fs(req)
                 let bytes: [UInt8]
-                if let file = handle(fi, as: OpenFile.self)?.takeUnretainedValue() {
-                    bytes = file.bytes
-                } else if let node = fs(req).versions.node(inode) {
+                if let snapshot = fs.handles.bytes(fi?.pointee.fh ?? 0, inode: inode) {
+                    bytes = snapshot
+                } else if let node = fs.versions.node(inode) {
                     bytes = node.bytes
+                } else if let fallback = fs.unknownHandleBytes(inode: inode) {
+                    // A handle of an earlier server that was not carried over (Takeover.swift).
+                    bytes = fallback
                 } else {
                     fuse_reply_err(req, EBADF)
                     return
@@ -209,7 +204,7 @@ enum FuseOps {
 
     static let release: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = {
         req, _, fi in
-        handle(fi, as: OpenFile.self)?.release()
+        if let fh = fi?.pointee.fh { fs(req).handles.remove(fh) }
         fuse_reply_err(req, 0)
     }
 
@@ -240,31 +235,23 @@ enum FuseOps {
             fuse_reply_err(req, ENOTDIR)
             return
         }
-        var entries: [(name: String, inode: UInt64, mode: mode_t)] = [
-            (".", inode, S_IFDIR), ("..", inode, S_IFDIR),
-        ]
-        for (index, file) in fs.tree.files.enumerated() {
-            if case .absent = file.peek() { continue }
-            entries.append((file.name, fs.tree.inode(of: index), S_IFREG))
-        }
-        let handle = Unmanaged.passRetained(OpenDirectory(entries: entries))
-        fi.pointee.fh = UInt64(UInt(bitPattern: handle.toOpaque()))
-        if fuse_reply_open(req, fi) != 0 { handle.release() }
+        let fh = fs.handles.add(.directory(fs.rootListing()))
+        fi.pointee.fh = fh
+        if fuse_reply_open(req, fi) != 0 { fs.handles.remove(fh) }
     }
 
     static let readdir:
         @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePointer<fuse_file_info>?) ->
             Void = {
                 req, _, size, offset, fi in
-                guard let dir = handle(fi, as: OpenDirectory.self)?.takeUnretainedValue() else {
-                    fuse_reply_err(req, EBADF)
-                    return
-                }
+                let fs = fs(req)
+                // A listing of an earlier server's opendir is made again.
+                let entries = fs.handles.directory(fi?.pointee.fh ?? 0) ?? fs.rootListing()
                 var buffer = [CChar](repeating: 0, count: size)
                 var used = 0
                 buffer.withUnsafeMutableBufferPointer { out in
-                    for index in max(Int(offset), 0)..<dir.entries.count {
-                        let entry = dir.entries[index]
+                    for index in max(Int(offset), 0)..<entries.count {
+                        let entry = entries[index]
                         var st = stat()
                         st.st_ino = UInt(entry.inode)
                         st.st_mode = entry.mode
@@ -279,7 +266,7 @@ enum FuseOps {
 
     static let releasedir: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = {
         req, _, fi in
-        handle(fi, as: OpenDirectory.self)?.release()
+        if let fh = fi?.pointee.fh { fs(req).handles.remove(fh) }
         fuse_reply_err(req, 0)
     }
 

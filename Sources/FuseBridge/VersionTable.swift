@@ -20,15 +20,20 @@ final class VersionTable: @unchecked Sendable {
         }
     }
 
-    private struct Key: Hashable {
+    struct Key: Hashable {
         let fileIndex: Int
         let version: UInt64
     }
 
-    private let lock = NSLock()
-    private var byInode: [UInt64: Node] = [:]
-    private var byKey: [Key: UInt64] = [:]
-    private var nextInode = VirtualDirectory.firstVersionedInode
+    let lock = NSLock()
+    var byInode: [UInt64: Node] = [:]
+    var byKey: [Key: UInt64] = [:]
+    /// A fresh table starts at a random place (below 2^32, for 32-bit `stat` callers): a
+    /// server that could not take over its predecessor's table never reuses an inode
+    /// number the kernel still holds for other bytes. See ``restore(_:)``.
+    var nextInode = VirtualDirectory.firstVersionedInode + UInt64.random(in: 0..<(1 << 30))
+    /// Called when a node is created or freed (set before serving).
+    nonisolated(unsafe) var onChange: (@Sendable () -> Void)?
 
     /// The node for this version of the file, created if new, with one more lookup counted
     /// (the caller is about to hand it to the kernel in a lookup reply).
@@ -39,11 +44,13 @@ final class VersionTable: @unchecked Sendable {
             if let inode = byKey[key], let existing = byInode[inode] {
                 node = existing
             } else {
+                while byInode[nextInode] != nil { nextInode += 1 }
                 node = Node(
                     inode: nextInode, fileIndex: fileIndex, version: version, bytes: bytes, mtime: mtime)
                 nextInode += 1
                 byInode[node.inode] = node
                 byKey[key] = node.inode
+                onChange?()
             }
             node.lookups += 1
             return node
@@ -62,10 +69,46 @@ final class VersionTable: @unchecked Sendable {
             if node.lookups == 0 {
                 byInode[inode] = nil
                 byKey[Key(fileIndex: node.fileIndex, version: node.version)] = nil
+                onChange?()
             }
         }
     }
 
     /// How many versioned inodes the kernel holds now.
     var count: Int { lock.withLock { byInode.count } }
+}
+
+extension VersionTable {
+    func export() -> BridgeState.Versions {
+        lock.withLock {
+            BridgeState.Versions(
+                nextInode: nextInode,
+                nodes: byInode.values.sorted { $0.inode < $1.inode }.map {
+                    BridgeState.Node(
+                        inode: $0.inode, fileIndex: $0.fileIndex, version: $0.version, bytes: Data($0.bytes),
+                        mtime: $0.mtime.timeIntervalSince1970, lookups: $0.lookups)
+                })
+        }
+    }
+
+    /// Takes over a predecessor's nodes. New inodes are numbered past a gap, so that none
+    /// collides with an inode it created after its last exported state.
+    func restore(_ state: BridgeState.Versions) {
+        lock.withLock {
+            for node in state.nodes where node.inode >= VirtualDirectory.firstVersionedInode {
+                let restored = Node(
+                    inode: node.inode, fileIndex: node.fileIndex, version: node.version, bytes: Array(node.bytes),
+                    mtime: Date(timeIntervalSince1970: node.mtime))
+                restored.lookups = node.lookups
+                byInode[node.inode] = restored
+                byKey[Key(fileIndex: node.fileIndex, version: node.version)] = node.inode
+            }
+            let (gapped, overflow) = state.nextInode.addingReportingOverflow(1 << 16)
+            if !overflow, gapped < (1 << 32) - (1 << 16) {
+                nextInode = max(nextInode, gapped)
+            } else {
+                nextInode = VirtualDirectory.firstVersionedInode + UInt64.random(in: 0..<(1 << 30))
+            }
+        }
+    }
 }

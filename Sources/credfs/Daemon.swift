@@ -4,7 +4,7 @@ import Foundation
 /// pipe until the child says the mount is live (or why it is not). No fork() of a process
 /// that already runs Swift threads.
 enum Daemon {
-    static func spawnAndWait(arguments: [String]) throws {
+    static func spawnAndWait(arguments: [String], supervise mountpoint: String? = nil) throws {
         var fds: [Int32] = [-1, -1]
         guard pipe(&fds) == 0 else { throw Failure(message: "pipe: \(MountPoint.describe(errno))") }
         for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
@@ -29,9 +29,11 @@ enum Daemon {
         let setsid: Int16 = 0x80  // POSIX_SPAWN_SETSID (glibc)
         posix_spawnattr_setflags(&attributes, setsid)
 
+        // With a mount point: a supervisor (Supervisor.swift) that starts the server and
+        // starts it again on the same connection if it dies.
         let argv =
-            ["credfs", "mount"] + arguments
-            + ["--foreground", "--ready-fd", String(childFd)]
+            mountpoint.map { Supervisor.arguments(mountpoint: $0, readyFd: childFd, mount: arguments) }
+            ?? ["credfs", "mount"] + arguments + ["--foreground", "--ready-fd", String(childFd)]
         var cArgs = argv.map { strdup($0) } + [nil]
         defer { cArgs.forEach { free($0) } }
         var pid = pid_t()

@@ -67,7 +67,9 @@ struct Mount: AsyncParsableCommand {
         if foreground {
             try await runForeground()
         } else {
-            try Daemon.spawnAndWait(arguments: Array(Invocation.arguments.dropFirst()))
+            try Daemon.spawnAndWait(
+                arguments: Array(Invocation.arguments.dropFirst()),
+                supervise: URL(fileURLWithPath: mountpoint).standardizedFileURL.path)
         }
     }
 
@@ -97,10 +99,14 @@ struct Mount: AsyncParsableCommand {
         // handed to the service group once it exists; a SIGHUP then just refreshes.
         let router = SignalRouter()
         // Trapped now, before the mount appears; iterated below (the sequence buffers).
-        let trapped = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sighup)
+        let trapped = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sighup, .sigusr2)
+        // A successor starts from the connection and state the fd store hands it.
+        let hitless = Hitless(logger: logger)
         let signals = Task {
             for await signal in trapped {
-                if signal == .sighup {
+                if signal == .sigusr2 {
+                    await hitless.handOver()
+                } else if signal == .sighup {
                     logger.info("SIGHUP: refreshing now")
                     await router.hangup()
                 } else {
@@ -111,9 +117,9 @@ struct Mount: AsyncParsableCommand {
         }
         defer { signals.cancel() }
         let path = URL(fileURLWithPath: mountpoint).standardizedFileURL.path
-        try MountPoint.prepare(path, logger: logger)
+        if !hitless.isSuccessor { try MountPoint.prepare(path, logger: logger) }
 
-        let mountedAt = Date()
+        let mountedAt = hitless.mountedAt ?? Date()
         let fileSystem = Holder<FuseFileSystem>()
         // systemd: READY=1 once the first credentials are served, STATUS= as things change.
         let notifier = SystemdNotifier()
@@ -126,6 +132,7 @@ struct Mount: AsyncParsableCommand {
                     CredentialView.allCases.filter { $0 != .status }.map(\.rawValue))
                 let expires = published.credentials.expiration.map(Timestamp.format) ?? "never"
                 notifier.ready(status: "serving generation \(published.generation), expires \(expires)")
+                hitless.changed()
             },
             onExpire: {
                 // Cached entries of the expired generation must not outlive it.
@@ -158,14 +165,21 @@ struct Mount: AsyncParsableCommand {
                 throw Failure(message: "\(error)")
             }
         }
+        hitless.restore(refresher)
         do {
-            try fs.mount()
+            try hitless.attach(fs, refresher: refresher, mountedAt: mountedAt)
         } catch {
             throw Failure(message: "\(error)")
         }
         fileSystem.value = fs
         fs.start()
-        guard MountPoint.isAnswering(path) else {
+        if hitless.isSuccessor {
+            FDStore.send("SERVING=1", fds: [])
+            if let published = refresher.serving() {
+                notifier.ready(status: "took over; serving generation \(published.generation)")
+            }
+        }
+        guard hitless.isSuccessor || MountPoint.isAnswering(path) else {
             fs.stop()
             throw Failure(message: "mounted \(path) but it does not answer")
         }
@@ -193,6 +207,7 @@ struct Mount: AsyncParsableCommand {
                 logger: logger))
         await router.attach(group, refresher: refresher)
         try await group.run()
+        hitless.finishHandover()
         notifier.stopping()
         logger.info("unmounted", metadata: ["mountpoint": "\(path)"])
     }

@@ -1,3 +1,4 @@
+import CFuse3
 import Foundation
 
 /// sd_notify(3) without libsystemd: datagrams to `$NOTIFY_SOCKET` (a path, or `@name` in

@@ -34,7 +34,8 @@ struct RotationStressTests {
                     let (result, size) = Self.readWithFstat(path)
                     var verdict = Self.check(result, startedAt: started)
                     if case .success = verdict, size != result.bytes?.count {
-                        verdict = .failure(Problem(description: "fstat size \(size), \(result.bytes?.count ?? -1) bytes read"))
+                        verdict = .failure(
+                            Problem(description: "fstat size \(size), \(result.bytes?.count ?? -1) bytes read"))
                     }
                     tally.withLock { t in
                         t.reads += 1
