@@ -170,10 +170,20 @@ import Testing
         defer { Task { await server.stop() } }
         let mount = try Supervised(["--provider", "uri", "--uri", server.url])
         defer { try? mount.stop() }
+        try waitUntil("the first credentials") { (try? mount.status()["generation"] as? Int) == 1 }
         server.setBehaviour(.status(500))
         let old = try mount.serverPID()
         kill(old, SIGHUP)
-        try waitUntil("the refresh to fail") { (try? mount.status()["state"] as? String) == "stale" }
+        var last: [String: Any] = [:]
+        do {
+            try waitUntil("the refresh to fail") {
+                last = (try? mount.status()) ?? [:]
+                return last["state"] as? String == "stale"
+            }
+        } catch {
+            Issue.record("status: \(last)")
+            throw error
+        }
         kill(old, SIGKILL)
         try waitUntil("a successor", timeout: 5) { (try? mount.serverPID()).map { $0 != old && $0 > 0 } ?? false }
         let status = try mount.status()
