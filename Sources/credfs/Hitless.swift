@@ -78,6 +78,29 @@ final class Hitless: Sendable {
 
     var isSuccessor: Bool { inherited != nil }
 
+    /// `path` made absolute and normalised (`.`, `..`, `//`, a trailing `/`) by text alone,
+    /// without a `stat`: a successor's mount point does not answer until it serves.
+    static func lexicalPath(_ path: String) -> String {
+        var full = path
+        if !path.hasPrefix("/") {
+            var buffer = [CChar](repeating: 0, count: 4096)
+            let cwd = getcwd(&buffer, buffer.count).map { _ in
+                String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            }
+            full = (cwd ?? "/") + "/" + path
+        }
+        var parts: [Substring] = []
+        for part in full.split(separator: "/") {
+            if part == "." { continue }
+            if part == ".." {
+                _ = parts.popLast()
+                continue
+            }
+            parts.append(part)
+        }
+        return "/" + parts.joined(separator: "/")
+    }
+
     /// The mount's time: carried over by successors.
     var mountedAt: Date? {
         inherited?.state.map { Date(timeIntervalSince1970: $0.mountedAt) }

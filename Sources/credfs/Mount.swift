@@ -116,7 +116,11 @@ struct Mount: AsyncParsableCommand {
             }
         }
         defer { signals.cancel() }
-        let path = URL(fileURLWithPath: mountpoint).standardizedFileURL.path
+        // A successor must not touch the mount before it serves it (a stat would wait for
+        // itself): its path is worked out without the file system.
+        let path =
+            hitless.isSuccessor
+            ? Hitless.lexicalPath(mountpoint) : URL(fileURLWithPath: mountpoint).standardizedFileURL.path
         if !hitless.isSuccessor { try MountPoint.prepare(path, logger: logger) }
 
         let mountedAt = hitless.mountedAt ?? Date()

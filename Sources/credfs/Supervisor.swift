@@ -108,6 +108,11 @@ final class Supervisor {
         }
         signalRead = pipeFds[0]
         supervisorSignalPipe = pipeFds[1]
+        // A process spawned from a Swift worker thread inherits its blocked signals.
+        var handled = sigset_t()
+        sigemptyset(&handled)
+        for sig in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&handled, sig) }
+        pthread_sigmask(SIG_UNBLOCK, &handled, nil)
         for sig in [SIGTERM, SIGINT, SIGHUP] {
             var action = sigaction()
             action.__sigaction_handler.sa_handler = { sig in
@@ -411,8 +416,22 @@ final class Supervisor {
             cArgs.forEach { free($0) }
             cEnv.forEach { free($0) }
         }
+        // Children start with no signal blocked and the default handlers.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for sig in [SIGTERM, SIGINT, SIGHUP, SIGUSR2] { sigaddset(&defaults, sig) }
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        let setSigmask: Int16 = 0x08  // POSIX_SPAWN_SETSIGMASK (glibc)
+        let setSigdef: Int16 = 0x04  // POSIX_SPAWN_SETSIGDEF (glibc)
+        posix_spawnattr_setflags(&attributes, setSigmask | setSigdef)
         var pid = pid_t()
-        let result = posix_spawn(&pid, path, &actions, nil, &cArgs, &cEnv)
+        let result = posix_spawn(&pid, path, &actions, &attributes, &cArgs, &cEnv)
         guard result == 0 else {
             errno = result
             return nil

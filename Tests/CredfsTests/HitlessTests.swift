@@ -411,3 +411,197 @@ extension HitlessTests {
         Self.report("fd store takeover (start after kill -9): \(Int(took * 1000)) ms; \(tally.reads) reads, 0 failed")
     }
 }
+
+extension HitlessTests {
+    /// The issue's storm: 32 readers of `credentials` and the field files without pause,
+    /// rotation every 2 s, kill -9 of the server at random moments, upgrades, kills in the
+    /// middle of upgrades; a bind mount, a process whose cwd is in the mount and a held
+    /// descriptor keep working. Counts come from HITLESS_KILLS / HITLESS_UPGRADES (default 20).
+    @Test func stormOfKillsAndUpgradesFailsNoRead() async throws {
+        let environment = ProcessInfo.processInfo.environment
+        let kills = Int(environment["HITLESS_KILLS"] ?? "") ?? 20
+        let upgrades = Int(environment["HITLESS_UPGRADES"] ?? "") ?? 20
+        let killsInUpgrade = Int(environment["HITLESS_KILLS_IN_UPGRADE"] ?? "") ?? 5
+        let server = FakeCredentialServer(lifetime: 6, rotateOnEachRequest: true)
+        try await server.start()
+        defer { Task { await server.stop() } }
+        // Lifetime 6 s, refresh when 4 s are left: a new generation about every 2 s.
+        let mount = try Supervised(["--provider", "uri", "--uri", server.url, "--refresh-before", "4"])
+        defer { try? mount.stop() }
+        try waitUntil("the first credentials") { (try? mount.status()["generation"] as? Int ?? 0) ?? 0 >= 1 }
+        let device = mount.device()
+
+        // A bind mount, a process whose cwd is inside, a descriptor held open.
+        let bind = mount.dir.path + "/bind"
+        try FileManager.default.createDirectory(atPath: bind, withIntermediateDirectories: true)
+        #expect(try runProcess("/bin/mount", ["--bind", mount.mountpoint, bind]).status == 0)
+        defer { umount2(bind, Int32(MNT_DETACH)) }
+        let dweller = Process()
+        dweller.executableURL = URL(fileURLWithPath: "/bin/sleep")
+        dweller.arguments = ["600"]
+        dweller.currentDirectoryURL = URL(fileURLWithPath: mount.mountpoint)
+        try dweller.run()
+        defer { dweller.terminate() }
+        let held = open(mount.path("credentials"), O_RDONLY)
+        #expect(held >= 0)
+        defer { close(held) }
+        let heldBytes = readAll(held).bytes ?? []
+
+        func checkSideDoors(_ when: String) {
+            #expect(Readers.accessKeyId(in: readFile(bind + "/credentials").text ?? "") != nil, "bind mount \(when)")
+            #expect(
+                Readers.accessKeyId(in: readFile("/proc/\(dweller.processIdentifier)/cwd/credentials").text ?? "")
+                    != nil, "cwd \(when)")
+            var again = [UInt8](repeating: 0, count: 4096)
+            let n = pread(held, &again, again.count, 0)
+            #expect(n > 0 && Array(again.prefix(max(n, 0))) == heldBytes, "held descriptor \(when)")
+        }
+
+        let readers = StormReaders(mountpoint: mount.mountpoint, count: 32)
+        var killTimes: [Double] = []
+        for round in 1...max(kills, 0) {
+            let before = readers.reads()
+            try waitUntil("reads before kill \(round)") { readers.reads() > before + 50 }
+            usleep(UInt32.random(in: 0..<200_000))
+            let old = try mount.serverPID()
+            let killed = Date()
+            kill(old, SIGKILL)
+            try waitUntil("a successor", timeout: 10) {
+                (try? mount.serverPID()).map { $0 != old && $0 > 0 } ?? false
+            }
+            killTimes.append(Date().timeIntervalSince(killed))
+            #expect(mount.device() == device)
+            checkSideDoors("after kill \(round)")
+        }
+        var upgradeTimes: [Double] = []
+        for round in 1...max(upgrades, 0) {
+            let before = readers.reads()
+            try waitUntil("reads before upgrade \(round)") { readers.reads() > before + 50 }
+            let started = Date()
+            let result = try runCredfs(["upgrade", mount.mountpoint, "--binary", Binary.credfs])
+            upgradeTimes.append(Date().timeIntervalSince(started))
+            #expect(result.status == 0, "\(result.stderr)")
+            #expect(mount.device() == device)
+            checkSideDoors("after upgrade \(round)")
+        }
+        for round in 1...max(killsInUpgrade, 0) {
+            let before = readers.reads()
+            try waitUntil("reads before kill-in-upgrade \(round)") { readers.reads() > before + 50 }
+            let upgrade = Process()
+            upgrade.executableURL = URL(fileURLWithPath: Binary.credfs)
+            upgrade.arguments = ["upgrade", mount.mountpoint, "--binary", Binary.credfs]
+            upgrade.standardError = FileHandle.nullDevice
+            upgrade.standardOutput = FileHandle.nullDevice
+            try upgrade.run()
+            usleep(UInt32.random(in: 20_000..<300_000))
+            if let victim = daemonPID(mountpoint: mount.mountpoint) { kill(victim, SIGKILL) }
+            upgrade.waitUntilExit()
+            // Whatever the upgrade answered, someone serves.
+            try waitUntil("a server after kill-in-upgrade \(round)", timeout: 10) {
+                (try? mount.serverPID()).map { $0 > 0 } ?? false
+            }
+            #expect(mount.device() == device)
+            checkSideDoors("after kill-in-upgrade \(round)")
+        }
+        let last = readers.reads()
+        try waitUntil("reads after the storm") { readers.reads() > last + 100 }
+        let tally = try readers.stop()
+        #expect(tally.failures.isEmpty, "\(tally.failures.prefix(5))")
+        let status = try mount.status()
+        #expect(status["restarts"] as? Int ?? 0 >= kills + upgrades)
+        Self.report(
+            "storm: 32 readers, \(tally.reads) reads, \(tally.failures.count) failed, \(tally.slow) waited > 50 ms, longest \(Int(tally.longest * 1000)) ms; generations \(tally.generations.min() ?? 0)...\(tally.generations.max() ?? 0); kill -9 takeover median \(Int(Self.median(killTimes) * 1000)) ms max \(Int((killTimes.max() ?? 0) * 1000)) ms over \(killTimes.count); upgrade median \(Int(Self.median(upgradeTimes) * 1000)) ms max \(Int((upgradeTimes.max() ?? 0) * 1000)) ms over \(upgradeTimes.count); restarts \(status["restarts"] ?? "?")"
+        )
+        // SIGTERM to the supervisor ends everything.
+        kill(mount.supervisor, SIGTERM)
+        try waitUntil("the supervisor to exit", timeout: 5) { !isAlive(mount.supervisor) }
+        try waitUntil("the server to exit", timeout: 5) { daemonPID(mountpoint: mount.mountpoint) == nil }
+        umount2(bind, Int32(MNT_DETACH))
+        #expect(!isMounted(mount.mountpoint))
+    }
+}
+
+/// 32 readers: each reads `credentials` (a whole JSON, unexpired) and then the field files
+/// `access_key_id` and `expiration`, and checks every read.
+final class StormReaders: @unchecked Sendable {
+    struct Tally {
+        var reads = 0
+        var failures: [String] = []
+        var longest: TimeInterval = 0
+        var slow = 0
+        var generations: Set<Int> = []
+    }
+    let tally = Mutex(Tally())
+    let running = Atomic<Bool>(true)
+    let finished = Atomic<Int>(0)
+    let count: Int
+
+    init(mountpoint: String, count: Int) {
+        self.count = count
+        for i in 0..<count {
+            let thread = Thread { [self] in
+                let names = ["credentials", "access_key_id", "expiration"]
+                var n = i
+                while running.load(ordering: .relaxed) {
+                    let name = names[n % names.count]
+                    n += 1
+                    let start = Date()
+                    let read = readFile(mountpoint + "/" + name)
+                    let took = Date().timeIntervalSince(start)
+                    let problem = Self.check(name, read)
+                    tally.withLock { t in
+                        t.reads += 1
+                        t.longest = max(t.longest, took)
+                        if took > 0.05 { t.slow += 1 }
+                        switch problem {
+                        case .failure(let text): t.failures.append("\(name): \(text)")
+                        case .generation(let g): t.generations.insert(g)
+                        case .fine: break
+                        }
+                    }
+                }
+                finished.add(1, ordering: .relaxed)
+            }
+            thread.start()
+        }
+    }
+
+    enum Outcome {
+        case fine
+        case generation(Int)
+        case failure(String)
+    }
+
+    static func check(_ name: String, _ read: PosixRead) -> Outcome {
+        guard let bytes = read.bytes else { return .failure("errno \(read.error)") }
+        let text = String(decoding: bytes, as: UTF8.self)
+        switch name {
+        case "credentials":
+            guard let object = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: String],
+                let key = object["AccessKeyId"], let generation = FakeCredentialServer.generation(of: key),
+                object["AccessKeySecret"] == FakeCredentialServer.secret(generation),
+                object["SecurityToken"] == FakeCredentialServer.token(generation),
+                let expiration = object["Expiration"].flatMap({ ISO8601DateFormatter().date(from: $0) })
+            else { return .failure("invalid or mixed JSON (\(bytes.count) bytes)") }
+            // Whole seconds: allow the second it is in.
+            guard expiration.timeIntervalSinceNow > -1 else { return .failure("expired") }
+            return .generation(generation)
+        case "access_key_id":
+            guard let generation = FakeCredentialServer.generation(of: text) else {
+                return .failure("bad key (\(bytes.count) bytes)")
+            }
+            return .generation(generation)
+        default:
+            guard ISO8601DateFormatter().date(from: text) != nil else { return .failure("bad expiration") }
+            return .fine
+        }
+    }
+
+    func reads() -> Int { tally.withLock { $0.reads } }
+
+    func stop() throws -> Tally {
+        running.store(false, ordering: .relaxed)
+        try waitUntil("the readers to finish", timeout: 20) { finished.load(ordering: .relaxed) == count }
+        return tally.withLock { $0 }
+    }
+}
