@@ -172,8 +172,10 @@ final class Supervisor {
                     log("the server exited before the mount was up (\(Self.describe(status)))")
                     return Self.exitedNormally(status) ? max(1, Self.exitCode(status)) : 1
                 }
-                let lived = Self.now() - Self.seconds(current.started)
-                quickDeaths = lived < 1 ? quickDeaths + 1 : 0
+                // Back off only from servers that die before they serve (a crash loop),
+                // never from a server that was killed while serving.
+                quickDeaths = serving.contains(current.pid) ? 0 : quickDeaths + 1
+                serving.remove(current.pid)
                 log("the server died (\(Self.describe(status))); starting its successor")
                 if quickDeaths > 2 {
                     restartAt = Self.now() + min(5, 0.1 * Double(1 << min(quickDeaths - 2, 6)))
@@ -352,6 +354,8 @@ final class Supervisor {
             let name = fields["FDNAME"] ?? "stored"
             for fd in unused { store.append((name, fd)) }
             unused = []
+            // The first server serves once it stored its connection.
+            if name == Hitless.fuseName { serving.insert(pid) }
         }
         if fields["STOPPING"] == "1", !handingOver { stopping = true }
         if fields["SERVING"] == "1" { serving.insert(pid) }
