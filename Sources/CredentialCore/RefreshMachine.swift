@@ -210,6 +210,28 @@ public struct RefreshMachine: Sendable {
         return .rotated(generation: generation)
     }
 
+    /// A successor's start (after a crash or an upgrade): serve `carried`, the generation the
+    /// previous server served, and plan the next refresh as if it had arrived at its
+    /// `fetchedAt`. Makes no upstream request; if the refresh point has passed, the next
+    /// refresh is due at once (and a failing upstream leaves `carried` served until expiry).
+    public mutating func restore(
+        _ carried: Published, upstreamRequests: Int, lastRefresh: Date?, now: Date, jitter: Double
+    ) {
+        published = carried
+        self.upstreamRequests = upstreamRequests
+        self.lastRefresh = lastRefresh
+        if let expiration = carried.credentials.expiration {
+            let lifetime = expiration.timeIntervalSince(carried.fetchedAt)
+            let lead = policy.refreshLead(lifetime: lifetime)
+            let planned = expiration.addingTimeInterval(-lead - jitter * policy.jitterFraction * lead)
+            let earliest = carried.fetchedAt.addingTimeInterval(min(1, max(lifetime, 0) / 2))
+            prefetchAt = max(planned, earliest)
+        } else {
+            prefetchAt = .distantFuture
+        }
+        nextRefresh = max(prefetchAt ?? now, now)
+    }
+
     /// The upstream failed or answered something invalid: keep serving what is held, and
     /// retry after a full-jitter exponential backoff. `jitter` is a uniform draw from [0, 1).
     public mutating func failed(_ error: String, at now: Date, jitter: Double) {
@@ -261,8 +283,9 @@ public struct StatusSnapshot: Sendable, Equatable {
     public var results: RefreshResults
     /// Upstream request durations (metrics).
     public var durations: DurationHistogram
-    /// Daemon restarts under this mount (takeovers); 0 until takeover exists.
-    public var restarts: Int = 0
+    /// The process serving the mount now, and how many took over since it was mounted.
+    public var pid: Int = Int(getpid())
+    public var restarts: Int = ServingProcess.restarts
 
     public init(
         machine: RefreshMachine, provider: String, mountedAt: Date, version: String, now: Date

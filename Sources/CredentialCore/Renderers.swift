@@ -61,6 +61,8 @@ public enum Render {
             ("lastError", str(s.lastError)),
             ("upstreamRequests", int(s.upstreamRequests)),
             ("mountedAt", time(s.mountedAt)),
+            ("pid", int(s.pid)),
+            ("restarts", int(s.restarts)),
             ("version", str(s.version)),
             ("clockSkewSeconds", int(s.clockSkewSeconds)),
         ]

@@ -63,7 +63,7 @@ public final class FuseFileSystem: Sendable {
     public let mountpoint: String
     let options: MountOptions
     let versions = VersionTable()
-    let handles = HandleTable<OpenHandle>()
+    let handles = HandleTable()
     let parking = Parking()
     let counters = Mutex(RequestCounts())
     /// Set by the init callback: the kernel agreed to stop sending OPEN.
@@ -71,13 +71,36 @@ public final class FuseFileSystem: Sendable {
     /// Set once an OPEN was answered ENOSYS: the kernel sends no more OPENs.
     let opensEndedFlag = Atomic<Bool>(false)
 
-    private struct State: @unchecked Sendable {
+    struct State: @unchecked Sendable {
         var session: OpaquePointer?
         var detached = false
         var running = false
         var waiters: [CheckedContinuation<Void, Never>] = []
     }
-    private let state = Mutex(State())
+    let state = Mutex(State())
+    /// The custom io every session uses (Takeover.swift); set before the loop starts.
+    let io = Mutex<SessionIO?>(nil)
+    var sessionIO: SessionIO? { io.withLock { $0 } }
+    /// Called when what ``exportState()`` returns has changed, and with the kernel's INIT.
+    let hooks = Mutex<(stateChange: (@Sendable () -> Void)?, initRequest: (@Sendable ([UInt8]) -> Void)?)>((nil, nil))
+
+    /// Called (cheaply, from any thread) when what ``exportState()`` returns has changed;
+    /// set before serving.
+    public var onStateChange: (@Sendable () -> Void)? {
+        get { hooks.withLock { $0.stateChange } }
+        set {
+            hooks.withLock { $0.stateChange = newValue }
+            versions.onChange(newValue)
+            handles.onChange = newValue
+        }
+    }
+
+    /// Called once with the kernel's INIT request, which a successor needs; set before
+    /// ``mount()``.
+    public var onInitRequest: (@Sendable ([UInt8]) -> Void)? {
+        get { hooks.withLock { $0.initRequest } }
+        set { hooks.withLock { $0.initRequest = newValue } }
+    }
 
     /// Entry and attribute timeout of versioned inodes, in seconds.
     static let versionedTimeout: Double = 86_400
@@ -86,6 +109,26 @@ public final class FuseFileSystem: Sendable {
     public var versionedInodeCount: Int { versions.count }
     /// Open file and directory handles.
     public var openHandleCount: Int { handles.count }
+
+    /// The root's listing, with the inode a lookup of each name gives now, so `ls -i` and
+    /// `stat` agree.
+    func rootListing() -> [DirectoryEntry] {
+        var entries = [
+            DirectoryEntry(name: ".", inode: VirtualDirectory.rootInode, mode: S_IFDIR),
+            DirectoryEntry(name: "..", inode: VirtualDirectory.rootInode, mode: S_IFDIR),
+        ]
+        for (index, file) in tree.files.enumerated() {
+            var number = tree.inode(of: index)
+            switch file.peek() {
+            case .absent: continue
+            case .bytes(_, _, let version) where file.caching == .versioned:
+                number = VersionTable.inode(file: index, version: version) ?? number
+            default: break
+            }
+            entries.append(DirectoryEntry(name: file.name, inode: number, mode: S_IFREG))
+        }
+        return entries
+    }
     /// Requests waiting for content.
     public var parkedCount: Int { parking.count }
     /// What the kernel has asked so far.
@@ -133,6 +176,13 @@ public final class FuseFileSystem: Sendable {
         guard fuse_session_mount(se, mountpoint) == 0 else {
             fuse_session_destroy(se)
             throw FuseError(description: "cannot mount FUSE at \(mountpoint)")
+        }
+        do {
+            try installRecordingIO(se)
+        } catch {
+            fuse_session_unmount(se)
+            fuse_session_destroy(se)
+            throw error
         }
         state.withLock { $0.session = se }
     }
@@ -195,6 +245,8 @@ public final class FuseFileSystem: Sendable {
                 Self.detach(mountpoint)
             }
         }
+        // After the detach: a successor never mounted, so only the path unmounts it.
+        sessionIO?.stop()
         Task { [self] in
             try? await Task.sleep(for: grace)
             let resume = state.withLock { s -> [CheckedContinuation<Void, Never>] in
@@ -303,12 +355,6 @@ public final class FuseFileSystem: Sendable {
     func answerParked(_ entries: [Parking.Entry], errno code: Int32) {
         for entry in entries { _ = fuse_reply_err(entry.request, code) }
     }
-}
-
-/// What an open handle holds: one open's snapshot, or one opendir's listing.
-enum OpenHandle: Sendable {
-    case file([UInt8])
-    case directory([DirectoryEntry])
 }
 
 struct DirectoryEntry: Sendable {

@@ -244,7 +244,7 @@ enum FuseOps {
                 continue
             case .bytes(let bytes, _, let version):
                 guard let node else {
-                    reply(req, fs: fs, info: &info, snapshot: bytes, keepCache: false)
+                    reply(req, fs: fs, inode: inode, info: &info, snapshot: bytes)
                     return
                 }
                 if version == node.version {
@@ -268,12 +268,12 @@ enum FuseOps {
 
     /// Opens a snapshot read with `direct_io` through a handle.
     static func reply(
-        _ req: fuse_req_t, fs: FuseFileSystem, info: inout fuse_file_info, snapshot: [UInt8], keepCache: Bool
+        _ req: fuse_req_t, fs: FuseFileSystem, inode: UInt64, info: inout fuse_file_info, snapshot: [UInt8]
     ) {
-        let handle = fs.handles.insert(.file(snapshot))
+        let handle = fs.handles.add(.file(inode: inode, bytes: snapshot))
         info.fh = handle
         info.direct_io = 1
-        info.keep_cache = keepCache ? 1 : 0
+        info.keep_cache = 0
         if fuse_reply_open(req, &info) != 0 {
             // The open was interrupted: no release will follow.
             fs.handles.remove(handle)
@@ -288,14 +288,15 @@ enum FuseOps {
                     fs.count { $0.read += 1 }
                     let handle = fi?.pointee.fh ?? 0
                     let bytes: [UInt8]
-                    if handle != 0 {
-                        guard case .file(let snapshot) = fs.handles.value(handle) else {
-                            _ = fuse_reply_err(req, EBADF)
-                            return
-                        }
+                    if let snapshot = fs.handles.bytes(handle, inode: inode) {
                         bytes = snapshot
                     } else if let node = fs.versions.node(inode) {
+                        // Versioned inodes (fh 0), and handles of an earlier server that were
+                        // not carried over: the inode's bytes never change.
                         bytes = node.bytes
+                    } else if handle != 0, let current = fs.unknownHandleBytes(inode: inode) {
+                        // An unversioned file's handle of an earlier server (Takeover.swift).
+                        bytes = current
                     } else {
                         _ = fuse_reply_err(req, fs.opensEnded ? EIO : EBADF)
                         return
@@ -349,22 +350,7 @@ enum FuseOps {
                 _ = fuse_reply_err(req, ENOTDIR)
                 return
             }
-            var entries = [
-                DirectoryEntry(name: ".", inode: inode, mode: S_IFDIR),
-                DirectoryEntry(name: "..", inode: inode, mode: S_IFDIR),
-            ]
-            for (index, file) in fs.tree.files.enumerated() {
-                // The inode a lookup of the name gives now, so `ls -i` and `stat` agree.
-                var number = fs.tree.inode(of: index)
-                switch file.peek() {
-                case .absent: continue
-                case .bytes(_, _, let version) where file.caching == .versioned:
-                    number = VersionTable.inode(file: index, version: version) ?? number
-                default: break
-                }
-                entries.append(DirectoryEntry(name: file.name, inode: number, mode: S_IFREG))
-            }
-            let handle = fs.handles.insert(.directory(entries))
+            let handle = fs.handles.add(.directory(fs.rootListing()))
             fi.pointee.fh = handle
             if fuse_reply_open(req, fi) != 0 { fs.handles.remove(handle) }
         }
@@ -377,10 +363,8 @@ enum FuseOps {
             Void = {
                 req, _, size, offset, fi in
                 serve(req) { req, fs in
-                    guard let handle = fi?.pointee.fh, case .directory(let entries) = fs.handles.value(handle) else {
-                        _ = fuse_reply_err(req, EBADF)
-                        return
-                    }
+                    // A listing of an earlier server's opendir (after a takeover) is made again.
+                    let entries = fs.handles.directory(fi?.pointee.fh ?? 0) ?? fs.rootListing()
                     let capacity = min(max(size, 0), 64 * 1024)
                     guard capacity > 0, offset >= 0, offset < off_t(entries.count) else {
                         _ = fuse_reply_buf(req, nil, 0)

@@ -1,73 +1,99 @@
+import FoundationEssentials
+import Glibc
 import Synchronization
 
-/// Open file and directory handles, kept by the bridge and named to the kernel by index.
+/// Open handles: what `fi->fh` stands for. A handle is a key into this table, never a
+/// pointer, so a value the kernel hands back that this process does not know (one a
+/// previous server created, after a takeover) is looked up and missed, never dereferenced.
 ///
-/// A handle is `serial << 32 | (slot + 1)`: the kernel hands it back in later requests, and
-/// a handle whose slot was freed and reused no longer matches, so a stale or forged `fh`
-/// finds nothing instead of someone else's bytes. 0 is never a handle.
-final class HandleTable<Value: Sendable>: Sendable {
-    private struct Slot {
-        var serial: UInt32
-        var value: Value?
+/// A key is `epoch << 32 | serial`: each process picks an epoch no carried handle uses, so
+/// a handle it creates never equals one the kernel still holds from an earlier server.
+final class HandleTable: Sendable {
+    enum Entry: Sendable {
+        /// A file's snapshot for one open, with the inode it was opened on.
+        case file(inode: UInt64, bytes: [UInt8])
+        /// A listing for one opendir.
+        case directory([DirectoryEntry])
     }
 
     private struct State {
-        var slots: [Slot] = []
-        var free: [Int] = []
-        var nextSerial: UInt32 = 1
-        var count = 0
+        var entries: [UInt64: Entry] = [:]
+        var epoch: UInt32
+        /// Epochs of carried handles (not reused).
+        var carriedEpochs: Set<UInt32> = []
+        var serial: UInt32 = 0
     }
+    private let state = Mutex(State(epoch: UInt32.random(in: 1...UInt32.max)))
+    /// Called when a file handle is added or removed (set before serving).
+    nonisolated(unsafe) var onChange: (@Sendable () -> Void)?
 
-    private let state = Mutex(State())
-
-    /// Stores `value`; returns its handle.
-    func insert(_ value: Value) -> UInt64 {
-        state.withLock { s in
-            let serial = s.nextSerial
-            s.nextSerial = s.nextSerial == UInt32.max ? 1 : s.nextSerial + 1
-            let slot: Int
-            if let reused = s.free.popLast() {
-                slot = reused
-                s.slots[slot] = Slot(serial: serial, value: value)
-            } else {
-                slot = s.slots.count
-                s.slots.append(Slot(serial: serial, value: value))
+    /// A new handle for `entry` (never 0).
+    func add(_ entry: Entry) -> UInt64 {
+        let fh = state.withLock { state -> UInt64 in
+            while true {
+                state.serial &+= 1
+                if state.serial == 0 { state.serial = 1 }
+                let fh = UInt64(state.epoch) << 32 | UInt64(state.serial)
+                if state.entries[fh] == nil {
+                    state.entries[fh] = entry
+                    return fh
+                }
             }
-            s.count += 1
-            return UInt64(serial) << 32 | UInt64(slot + 1)
+        }
+        if case .file = entry { onChange?() }
+        return fh
+    }
+
+    func remove(_ fh: UInt64) {
+        let removed = state.withLock { $0.entries.removeValue(forKey: fh) }
+        if case .file = removed { onChange?() }
+    }
+
+    /// The snapshot of a file handle, if `fh` is one of ours and was opened on `inode`.
+    func bytes(_ fh: UInt64, inode: UInt64) -> [UInt8]? {
+        guard fh != 0 else { return nil }
+        return state.withLock { state in
+            guard case .file(let opened, let bytes) = state.entries[fh], opened == inode else { return nil }
+            return bytes
         }
     }
 
-    /// The value behind `handle`, if it is live.
-    func value(_ handle: UInt64) -> Value? {
-        state.withLock { s in
-            guard let slot = Self.slot(handle, in: s) else { return nil }
-            return s.slots[slot].value
+    func directory(_ fh: UInt64) -> [DirectoryEntry]? {
+        guard fh != 0 else { return nil }
+        return state.withLock { state in
+            guard case .directory(let entries) = state.entries[fh] else { return nil }
+            return entries
         }
     }
 
-    /// Frees `handle`; returns what it held. Unknown handles are ignored.
-    @discardableResult
-    func remove(_ handle: UInt64) -> Value? {
-        state.withLock { s in
-            guard let slot = Self.slot(handle, in: s) else { return nil }
-            let value = s.slots[slot].value
-            s.slots[slot].value = nil
-            s.free.append(slot)
-            s.count -= 1
-            return value
+    var count: Int { state.withLock { $0.entries.count } }
+
+    /// File handles only: a directory listing is rebuilt on demand.
+    func export() -> BridgeState.Handles {
+        state.withLock { state in
+            var files: [BridgeState.Handle] = []
+            for (fh, entry) in state.entries {
+                if case .file(let inode, let bytes) = entry {
+                    files.append(BridgeState.Handle(fh: fh, inode: inode, bytes: Data(bytes)))
+                }
+            }
+            files.sort { $0.fh < $1.fh }
+            return BridgeState.Handles(
+                epochs: Array(state.carriedEpochs.union([state.epoch])).sorted(), files: files)
         }
     }
 
-    /// Live handles.
-    var count: Int { state.withLock { $0.count } }
-
-    private static func slot(_ handle: UInt64, in s: State) -> Int? {
-        let low = handle & 0xFFFF_FFFF
-        guard low >= 1, low <= UInt64(s.slots.count) else { return nil }
-        let slot = Int(low - 1)
-        guard s.slots[slot].serial == UInt32(truncatingIfNeeded: handle >> 32), s.slots[slot].value != nil
-        else { return nil }
-        return slot
+    func restore(_ carried: BridgeState.Handles) {
+        state.withLock { state in
+            for handle in carried.files where handle.fh != 0 {
+                state.entries[handle.fh] = .file(inode: handle.inode, bytes: Array(handle.bytes))
+            }
+            state.carriedEpochs.formUnion(carried.epochs)
+            // Also epochs of handles created after the predecessor's last export are unknown:
+            // a fresh random epoch avoids them but for a 2^-32 chance.
+            while state.carriedEpochs.contains(state.epoch) {
+                state.epoch = UInt32.random(in: 1...UInt32.max)
+            }
+        }
     }
 }

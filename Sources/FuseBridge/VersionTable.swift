@@ -25,6 +25,11 @@ final class VersionTable: Sendable {
     static let maxVersion: UInt64 = (UInt64.max - firstInode) >> fileBits
 
     private let nodes = Mutex<[UInt64: Node]>([:])
+    private let changed = Mutex<(@Sendable () -> Void)?>(nil)
+
+    /// Called when a node is created or freed (a successor's state changed).
+    func onChange(_ hook: (@Sendable () -> Void)?) { changed.withLock { $0 = hook } }
+    private func notify() { changed.withLock { $0 }?() }
 
     /// The inode of `version` of file `fileIndex`; nil for version 0 or out of range.
     static func inode(file fileIndex: Int, version: UInt64) -> UInt64? {
@@ -36,14 +41,17 @@ final class VersionTable: Sendable {
     /// (the caller is about to hand it to the kernel in a lookup reply).
     func lookUp(fileIndex: Int, version: UInt64, bytes: [UInt8], mtime: Date) -> Node? {
         guard let inode = Self.inode(file: fileIndex, version: version) else { return nil }
-        return nodes.withLock { nodes in
+        let (node, created) = nodes.withLock { nodes -> (Node, Bool) in
+            let created = nodes[inode] == nil
             var node =
                 nodes[inode]
                 ?? Node(inode: inode, fileIndex: fileIndex, version: version, bytes: bytes, mtime: mtime, lookups: 0)
             node.lookups += 1
             nodes[inode] = node
-            return node
+            return (node, created)
         }
+        if created { notify() }
+        return node
     }
 
     func node(_ inode: UInt64) -> Node? {
@@ -52,11 +60,13 @@ final class VersionTable: Sendable {
 
     /// The kernel dropped `count` references; a node it no longer knows is freed.
     func forget(_ inode: UInt64, count: UInt64) {
-        nodes.withLock { nodes in
-            guard var node = nodes[inode] else { return }
+        let freed = nodes.withLock { nodes -> Bool in
+            guard var node = nodes[inode] else { return false }
             node.lookups = node.lookups > count ? node.lookups - count : 0
             nodes[inode] = node.lookups == 0 ? nil : node
+            return node.lookups == 0
         }
+        if freed { notify() }
     }
 
     /// How many versioned inodes the kernel holds now.
@@ -64,4 +74,31 @@ final class VersionTable: Sendable {
 
     /// Every node (for handing the table to a successor process).
     var all: [Node] { nodes.withLock { Array($0.values) } }
+}
+
+extension VersionTable {
+    /// Every node, for a successor (see Takeover.swift).
+    func export() -> BridgeState.Versions {
+        BridgeState.Versions(
+            nextInode: 0,
+            nodes: all.sorted { $0.inode < $1.inode }.map {
+                BridgeState.Node(
+                    inode: $0.inode, fileIndex: $0.fileIndex, version: $0.version, bytes: Data($0.bytes),
+                    mtime: $0.mtime.timeIntervalSince1970, lookups: $0.lookups)
+            })
+    }
+
+    /// Takes over a predecessor's nodes. Inode numbers are computed from (file, version), so
+    /// a carried node is kept only where its number is the one this process computes for it:
+    /// an inode number never stands for other bytes.
+    func restore(_ state: BridgeState.Versions) {
+        nodes.withLock { nodes in
+            for node in state.nodes {
+                guard Self.inode(file: node.fileIndex, version: node.version) == node.inode else { continue }
+                nodes[node.inode] = Node(
+                    inode: node.inode, fileIndex: node.fileIndex, version: node.version, bytes: Array(node.bytes),
+                    mtime: Date(timeIntervalSince1970: node.mtime), lookups: node.lookups)
+            }
+        }
+    }
 }

@@ -10,7 +10,7 @@ import Posix
 /// `x=$(credfs mount … 2>&1)` returns), its log goes to `--log-file` or the system log,
 /// and it leaves the caller's working directory.
 enum Daemon {
-    static func spawnAndWait(arguments: [String]) throws {
+    static func spawnAndWait(arguments: [String], supervise mountpoint: String? = nil) throws {
         guard let pipe = Spawn.pipe() else { throw Failure(message: "pipe: \(MountPoint.describe(errno))") }
         let childFd: Int32 = 3
 
@@ -18,9 +18,12 @@ enum Daemon {
         // given (a caller's pipe or socket would never see EOF).
         closeOnExecAll(except: [0, 1, 2])
 
+        // With a mount point: a supervisor (Supervisor.swift) that starts the server and
+        // starts it again on the same connection if it dies.
         var spawn = Spawn(
             executable: "/proc/self/exe",
-            arguments: ["credfs", "mount"] + arguments + ["--foreground", "--ready-fd", String(childFd)])
+            arguments: mountpoint.map { Supervisor.arguments(mountpoint: $0, readyFd: childFd, mount: arguments) }
+                ?? ["credfs", "mount"] + arguments + ["--foreground", "--ready-fd", String(childFd)])
         spawn.stdin = .null
         spawn.stdout = .null
         spawn.stderr = .null

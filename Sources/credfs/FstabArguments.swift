@@ -2,7 +2,9 @@
 /// mount(8) runs `mount.fuse.credfs SOURCE MOUNTPOINT -o OPTIONS` (or mount.fuse3 runs
 /// `credfs SOURCE MOUNTPOINT -o OPTIONS`). This maps that onto `credfs mount` flags.
 enum FstabArguments {
-    static let subcommands: Set<String> = ["mount", "unmount", "status", "get", "doctor", "help"]
+    static let subcommands: Set<String> = [
+        "mount", "unmount", "status", "get", "doctor", "help", "upgrade", "supervise",
+    ]
 
     /// Options mount(8), fstab and systemd add that mean nothing to credfs.
     static let ignored: Set<String> = [

@@ -2,12 +2,12 @@ import ArgumentParser
 import CFuse3
 import CredentialCore
 import FoundationEssentials
-import Glibc
 import FuseBridge
+import Glibc
 import Logging
 import ServiceLifecycle
-import UnixSignals
 import Synchronization
+import UnixSignals
 
 struct Mount: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -82,7 +82,8 @@ struct Mount: AsyncParsableCommand {
         if foreground {
             try await runForeground()
         } else {
-            try Daemon.spawnAndWait(arguments: Array(Invocation.arguments.dropFirst()))
+            try Daemon.spawnAndWait(
+                arguments: Array(Invocation.arguments.dropFirst()), supervise: Hitless.lexicalPath(mountpoint))
         }
     }
 
@@ -131,10 +132,14 @@ struct Mount: AsyncParsableCommand {
         // handed to the service group once it exists; a SIGHUP then just refreshes.
         let router = SignalRouter()
         // Trapped now, before the mount appears; iterated below (the sequence buffers).
-        let trapped = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sighup)
+        let trapped = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sighup, .sigusr2)
+        // A successor starts from the connection and state the fd store hands it.
+        let hitless = Hitless(logger: logger)
         let signals = Task {
             for await signal in trapped {
-                if signal == .sighup {
+                if signal == .sigusr2 {
+                    await hitless.handOver()
+                } else if signal == .sighup {
                     logger.info("SIGHUP: refreshing now")
                     await router.hangup()
                 } else {
@@ -144,16 +149,20 @@ struct Mount: AsyncParsableCommand {
             }
         }
         defer { signals.cancel() }
-        let path = URL(fileURLWithPath: mountpoint).standardizedFileURL.path
+        // A successor must not touch the mount before it serves it (a stat would wait for
+        // itself): its path is worked out without the file system.
+        let path =
+            hitless.isSuccessor
+            ? Hitless.lexicalPath(mountpoint) : URL(fileURLWithPath: mountpoint).standardizedFileURL.path
         // Relative paths (the mount point, an OIDC token file) are resolved before this.
         let provider = source.makeProvider()
         if readyFd != nil {
             // A daemon keeps no caller's working directory busy.
             _ = chdir("/")
         }
-        try MountPoint.prepare(path, logger: logger)
+        if !hitless.isSuccessor { try MountPoint.prepare(path, logger: logger) }
 
-        let mountedAt = Date()
+        let mountedAt = hitless.mountedAt ?? Date()
         let fileSystem = Holder<FuseFileSystem>()
         // systemd: READY=1 once the first credentials are served, STATUS= as things change.
         let notifier = SystemdNotifier()
@@ -168,6 +177,7 @@ struct Mount: AsyncParsableCommand {
                 fileSystem.value?.invalidate(CredentialView.credentialViews.map(\.rawValue))
                 let expires = published.credentials.expiration.map(Timestamp.format) ?? "never"
                 notifier.ready(status: "serving generation \(published.generation), expires \(expires)")
+                hitless.changed()
             },
             onExpire: {
                 // Cached entries of the expired generation must not outlive it.
@@ -207,14 +217,21 @@ struct Mount: AsyncParsableCommand {
             }
         }
         let metricsServer = try await MetricsService.bind(metrics, views: views)
+        hitless.restore(refresher)
         do {
-            try fs.mount()
+            try hitless.attach(fs, refresher: refresher, mountedAt: mountedAt)
         } catch {
             throw Failure(message: "\(error)")
         }
         fileSystem.value = fs
         fs.start()
-        guard MountPoint.isAnswering(path) else {
+        if hitless.isSuccessor {
+            FDStore.send("SERVING=1", fds: [])
+            if let published = refresher.serving() {
+                notifier.ready(status: "took over; serving generation \(published.generation)")
+            }
+        }
+        guard hitless.isSuccessor || MountPoint.isAnswering(path) else {
             fs.stop()
             throw Failure(message: "mounted \(path) but it does not answer")
         }
@@ -243,6 +260,7 @@ struct Mount: AsyncParsableCommand {
                 logger: logger))
         await router.attach(group, refresher: refresher)
         try await group.run()
+        hitless.finishHandover()
         notifier.stopping()
         logger.info("unmounted", metadata: ["mountpoint": "\(path)"])
     }

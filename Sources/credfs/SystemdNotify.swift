@@ -1,3 +1,4 @@
+import CFuse3
 import FoundationEssentials
 import Glibc
 import Synchronization

@@ -180,8 +180,8 @@ import Testing
     static let statusKeys = [
         "state", "provider", "generation", "accessKeyId", "expiration", "secondsRemaining",
         "lastRefresh",
-        "nextRefresh", "consecutiveFailures", "lastError", "upstreamRequests", "mountedAt", "version",
-        "clockSkewSeconds",
+        "nextRefresh", "consecutiveFailures", "lastError", "upstreamRequests", "mountedAt", "pid", "restarts",
+        "version", "clockSkewSeconds",
     ]
 
     /// The keys of a rendered status file, in the order they appear.

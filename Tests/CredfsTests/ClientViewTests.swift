@@ -57,7 +57,9 @@ struct ClientViewTests {
         }
         let rotations = try daemon.generation() - first
         #expect(triples == runs)
-        #expect(mixed == 0, "\(mixed) of \(triples) runs paired fields from two generations; stderr: \(result.stderr.prefix(500))")
+        #expect(
+            mixed == 0,
+            "\(mixed) of \(triples) runs paired fields from two generations; stderr: \(result.stderr.prefix(500))")
         #expect(rotations >= 3, "only \(rotations) rotations during the runs")
         #expect(generations.count >= 3)
         print("pinning: \(runs) process groups, \(rotations) rotations, \(mixed) mixed")

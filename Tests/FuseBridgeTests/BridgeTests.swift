@@ -6,38 +6,38 @@ import Testing
 
 /// The bridge on its own, without credentials: handles, versioned inodes, listings.
 @Suite struct HandleTableTests {
-    @Test func handlesFindTheirValueUntilRemoved() {
-        let table = HandleTable<Int>()
-        let a = table.insert(1)
-        let b = table.insert(2)
+    @Test func handlesFindTheirBytesUntilRemoved() {
+        let table = HandleTable()
+        let a = table.add(.file(inode: 7, bytes: [1]))
+        let b = table.add(.file(inode: 7, bytes: [2]))
         #expect(a != 0 && b != 0 && a != b)
-        #expect(table.value(a) == 1 && table.value(b) == 2)
-        #expect(table.remove(a) == 1)
-        #expect(table.value(a) == nil)
-        #expect(table.count == 1)
-    }
-
-    @Test func aReusedSlotDoesNotAnswerItsOldHandle() {
-        let table = HandleTable<String>()
-        let old = table.insert("old")
-        table.remove(old)
-        let new = table.insert("new")
-        #expect(new & 0xFFFF_FFFF == old & 0xFFFF_FFFF, "the slot is reused")
-        #expect(table.value(old) == nil)
-        #expect(table.value(new) == "new")
-        #expect(table.remove(old) == nil)
+        #expect(table.bytes(a, inode: 7) == [1] && table.bytes(b, inode: 7) == [2])
+        #expect(table.bytes(a, inode: 8) == nil, "a handle answers only for the inode it was opened on")
+        table.remove(a)
+        #expect(table.bytes(a, inode: 7) == nil)
         #expect(table.count == 1)
     }
 
     @Test func forgedHandlesFindNothing() {
-        let table = HandleTable<Int>()
-        let real = table.insert(5)
+        let table = HandleTable()
+        let real = table.add(.file(inode: 3, bytes: [5]))
         let forged: [UInt64] = [0, 1, 0xFFFF_FFFF, UInt64.max, 1 << 32, real + 1, real ^ (1 << 40)]
         for handle in forged where handle != real {
-            #expect(table.value(handle) == nil)
-            #expect(table.remove(handle) == nil)
+            #expect(table.bytes(handle, inode: 3) == nil)
+            #expect(table.directory(handle) == nil)
+            table.remove(handle)
         }
-        #expect(table.value(real) == 5)
+        #expect(table.bytes(real, inode: 3) == [5])
+    }
+
+    @Test func aSuccessorsHandlesNeverCollideWithCarriedOnes() {
+        let first = HandleTable()
+        let carried = (0..<50).map { first.add(.file(inode: 9, bytes: [UInt8($0)])) }
+        let next = HandleTable()
+        next.restore(first.export())
+        for (i, handle) in carried.enumerated() { #expect(next.bytes(handle, inode: 9) == [UInt8(i)]) }
+        let made = (0..<50).map { _ in next.add(.file(inode: 9, bytes: [0xFF])) }
+        #expect(Set(made).isDisjoint(with: carried))
     }
 }
 

@@ -1,0 +1,34 @@
+import FoundationEssentials
+import Synchronization
+
+/// Facts about the process serving a mount that `status` shows (see docs/hitless.md).
+public enum ServingProcess {
+    private static let takeovers = Atomic<Int>(0)
+
+    /// How many servers took over the mount since it was made (0 for the one that mounted).
+    public static var restarts: Int {
+        get { takeovers.load(ordering: .relaxed) }
+        set { takeovers.store(newValue, ordering: .relaxed) }
+    }
+}
+
+extension Published {
+    /// The generation a previous server served, as a successor carries it over.
+    public init(carried credentials: Credentials, generation: Int, fetchedAt: Date) {
+        self.init(credentials: credentials, generation: generation, fetchedAt: fetchedAt)
+    }
+}
+
+extension Refresher {
+    /// A successor's start: serve what the previous server served, with no upstream request
+    /// unless its refresh is due (``RefreshMachine/restore(_:upstreamRequests:lastRefresh:now:jitter:)``).
+    public func restore(_ published: Published, upstreamRequests: Int, lastRefresh: Date?) {
+        let now = clock.now()
+        let jitter = random()
+        inner.withLock {
+            $0.machine.restore(
+                published, upstreamRequests: upstreamRequests, lastRefresh: lastRefresh, now: now, jitter: jitter)
+        }
+        wakeup.signal()
+    }
+}

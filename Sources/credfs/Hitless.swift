@@ -1,0 +1,199 @@
+import CFuse3
+import CredentialCore
+import FoundationEssentials
+import FuseBridge
+import Glibc
+import Logging
+import Synchronization
+
+/// The server's side of a takeover (docs/hitless.md): start as the successor of a previous
+/// server when the fd store hands us its connection, keep the store's copy of our state
+/// current, and hand over on SIGUSR2.
+final class Hitless: Sendable {
+    /// Descriptor names in the store.
+    static let fuseName = "fuse"
+    static let initName = "fuse-init"
+    static let statePrefix = "state."
+
+    /// A previous server's connection and state, when this process is its successor.
+    struct Inherited {
+        var fuseFd: Int32
+        var initRequest: [UInt8]
+        var state: CarriedState?
+        var stateSequence: Int
+        var staleStateNames: [String]
+    }
+
+    let inherited: Inherited?
+    let logger: Logger
+    private let sender = Mutex<StateSender?>(nil)
+    private let handover = Mutex<(@Sendable () async -> Void)?>(nil)
+
+    /// Reads what the fd store passed to this process (nothing for the first server).
+    init(logger: Logger) {
+        self.logger = logger
+        let fds = FDStore.inherited()
+        var fuseFd: Int32?
+        var initRequest: [UInt8]?
+        var best: (sequence: Int, fd: Int32)?
+        var stale: [String] = []
+        for (name, fd) in fds {
+            if name == Self.fuseName {
+                fuseFd = fd
+            } else if name == Self.initName {
+                initRequest = MemoryFile.read(fd, limit: 1 << 20)
+                close(fd)
+            } else if name.hasPrefix(Self.statePrefix), let sequence = Int(name.dropFirst(Self.statePrefix.count)) {
+                if let previous = best {
+                    if previous.sequence < sequence {
+                        stale.append(Self.statePrefix + String(previous.sequence))
+                        close(previous.fd)
+                        best = (sequence, fd)
+                    } else {
+                        stale.append(name)
+                        close(fd)
+                    }
+                } else {
+                    best = (sequence, fd)
+                }
+            } else {
+                close(fd)
+            }
+        }
+        guard let fuseFd, let initRequest else {
+            if let fuseFd { close(fuseFd) }
+            if let best { close(best.fd) }
+            inherited = nil
+            return
+        }
+        var state: CarriedState?
+        if let best {
+            state = MemoryFile.read(best.fd).flatMap(CarriedState.decode)
+            close(best.fd)
+        }
+        inherited = Inherited(
+            fuseFd: fuseFd, initRequest: initRequest, state: state, stateSequence: best?.sequence ?? 0,
+            staleStateNames: stale)
+    }
+
+    var isSuccessor: Bool { inherited != nil }
+
+    /// `path` made absolute and normalised (`.`, `..`, `//`, a trailing `/`) by text alone,
+    /// without a `stat`: a successor's mount point does not answer until it serves.
+    static func lexicalPath(_ path: String) -> String {
+        var full = path
+        if !path.hasPrefix("/") {
+            var buffer = [CChar](repeating: 0, count: 4096)
+            let cwd = getcwd(&buffer, buffer.count).map { _ in
+                String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            }
+            full = (cwd ?? "/") + "/" + path
+        }
+        var parts: [Substring] = []
+        for part in full.split(separator: "/") {
+            if part == "." { continue }
+            if part == ".." {
+                _ = parts.popLast()
+                continue
+            }
+            parts.append(part)
+        }
+        return "/" + parts.joined(separator: "/")
+    }
+
+    /// The mount's time: carried over by successors.
+    var mountedAt: Date? {
+        inherited?.state.map { Date(timeIntervalSince1970: $0.mountedAt) }
+    }
+
+    /// Serve what the previous server served, without asking the upstream.
+    func restore(_ refresher: Refresher) {
+        guard let state = inherited?.state else { return }
+        ServingProcess.restarts = state.restarts + 1
+        if let published = state.published {
+            refresher.restore(
+                published, upstreamRequests: state.upstreamRequests,
+                lastRefresh: state.lastRefresh.map { Date(timeIntervalSince1970: $0) })
+        }
+    }
+
+    /// Starts serving: the successor adopts the connection; the first server mounts and
+    /// stores its connection once the kernel's INIT has arrived.
+    func attach(_ fs: FuseFileSystem, refresher: Refresher, mountedAt: Date) throws {
+        let sender = StateSender(firstSequence: inherited?.stateSequence ?? 0) {
+            CarriedState.make(refresher: refresher, fs: fs, mountedAt: mountedAt, restarts: ServingProcess.restarts)
+        }
+        let storing = FDStore.isAvailable
+        if storing {
+            self.sender.withLock { $0 = sender }
+            fs.onStateChange = { sender.changed() }
+        }
+        handover.withLock {
+            $0 = { [self] in
+                logger.notice("handing the mount over to a successor")
+                handingOver.store(true, ordering: .sequentiallyConsistent)
+                await fs.handOver()
+                finishHandover()
+            }
+        }
+        let push: @Sendable () -> Void = { if storing { sender.pushNow() } }
+        finish.withLock { $0 = push }
+        if let inherited {
+            if inherited.state == nil {
+                ServingProcess.restarts = 1
+                logger.warning("taking over without the previous server's state")
+            }
+            let resend = getenv("CREDFS_NO_RESEND") == nil
+            let result = try fs.adopt(
+                fd: inherited.fuseFd, initRequest: inherited.initRequest, state: inherited.state?.bridge,
+                resend: resend)
+            logger.notice(
+                "took over the mount", metadata: ["restarts": "\(ServingProcess.restarts)", "resend": "\(result)"])
+            for name in inherited.staleStateNames { FDStore.remove(name: name) }
+            if storing { sender.pushNow() }
+        } else {
+            if storing {
+                fs.onInitRequest = { [logger] request in
+                    // Called on a reader thread with the INIT request: store the recording
+                    // first, then the connection (a successor needs both).
+                    let recording = MemoryFile.make(name: "credfs-fuse-init", bytes: request)
+                    guard recording >= 0 else {
+                        logger.error("cannot record the FUSE INIT request; takeover unavailable")
+                        return
+                    }
+                    FDStore.store(recording, name: Self.initName)
+                    close(recording)
+                    FDStore.store(fs.deviceDescriptor, name: Self.fuseName)
+                    sender.changed()
+                }
+            }
+            try fs.mount()
+        }
+    }
+
+    private let handingOver = Atomic<Bool>(false)
+    private let finish = Mutex<(@Sendable () -> Void)?>(nil)
+
+    /// After the loop ended for a handover: push the final state and exit 0, without
+    /// unmounting and without `STOPPING=1` (which would end the supervisor). Both the
+    /// handover and the end of `serve` call it; the first one exits.
+    func finishHandover() {
+        guard handingOver.load(ordering: .sequentiallyConsistent) else { return }
+        finish.withLock { push in
+            push?()
+            logger.notice("handed over; exiting without unmounting")
+            exit(0)
+        }
+    }
+
+    /// SIGUSR2: stop serving, push the final state, exit 0 without unmounting.
+    func handOver() async {
+        guard let action = handover.withLock({ $0 }) else { return }
+        await action()
+    }
+
+    /// A change the bridge does not see (a new generation): push it.
+    func changed() {
+        sender.withLock { $0 }?.changed()
+    }
+}

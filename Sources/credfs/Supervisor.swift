@@ -1,0 +1,479 @@
+import ArgumentParser
+import CFuse3
+import FoundationEssentials
+import FuseBridge
+import Glibc
+
+/// `credfs supervise` (hidden): what `credfs mount` without `-f` runs. It starts the server
+/// (`credfs mount -f`), keeps the descriptors the server stores (the `/dev/fuse` connection,
+/// the INIT recording, the latest state: a tiny systemd-style fd store on `$NOTIFY_SOCKET`)
+/// and, when the server dies, starts the next one on the same connection at once. It does
+/// no network and no parsing of credentials; it reads small notify datagrams and waits.
+struct Supervise: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "supervise", abstract: "Keep a mount's connection across server processes.",
+        shouldDisplay: false)
+
+    @Option var mountpoint: String
+    @Option var readyFd: Int32 = -1
+    @Argument(parsing: .postTerminator) var mount: [String] = []
+
+    func run() throws {
+        let code = Supervisor(mountpoint: mountpoint, mountArguments: mount, readyFd: readyFd).run()
+        Glibc.exit(code)
+    }
+}
+
+/// The write end of the supervisor's signal pipe (set before the handlers are installed).
+nonisolated(unsafe) var supervisorSignalPipe: Int32 = -1
+
+final class Supervisor {
+    /// The argv that `mount` spawns.
+    static func arguments(mountpoint: String, readyFd: Int32, mount: [String]) -> [String] {
+        ["credfs", "supervise", "--mountpoint", mountpoint, "--ready-fd", String(readyFd), "--"] + mount
+    }
+
+    /// The supervisor's socket (abstract namespace), named after the mount point: `upgrade`
+    /// finds it from the path, and a second supervisor for the same path cannot bind it.
+    static func socketName(for mountpoint: String) -> String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in mountpoint.utf8 {
+            hash ^= UInt64(byte)
+            hash = hash &* 0x100_0000_01b3
+        }
+        let hex = String(hash, radix: 16)
+        return "@credfs-supervisor-" + String(repeating: "0", count: max(0, 16 - hex.count)) + hex
+    }
+
+    struct Child {
+        let pid: pid_t
+        let pidfd: Int32
+        let started: timespec
+    }
+
+    let mountpoint: String
+    let mountArguments: [String]
+    var readyFd: Int32
+    let socketName: String
+    var socketFd: Int32 = -1
+    var signalRead: Int32 = -1
+    /// The binary that serves (the supervisor's own until an upgrade succeeds).
+    var binary = "/proc/self/exe"
+    var store: [(name: String, fd: Int32)] = []
+    var server: Child?
+    var candidate: Child?
+    /// Wait statuses of children that exited.
+    var exits: [pid_t: Int32] = [:]
+    /// Successors that said they serve (`SERVING=1`).
+    var serving: Set<pid_t> = []
+    var stopping = false
+    var terminating = false
+    var handingOver = false
+    var quickDeaths = 0
+    var pendingUpgrade: (binary: String, reply: Int32)?
+
+    init(mountpoint: String, mountArguments: [String], readyFd: Int32) {
+        self.mountpoint = mountpoint
+        self.mountArguments = mountArguments
+        self.readyFd = readyFd
+        socketName = Self.socketName(for: mountpoint)
+    }
+
+    func log(_ message: String) {
+        let line = "credfs-supervisor: \(message)\n"
+        _ = line.utf8CString.withUnsafeBufferPointer { write(2, $0.baseAddress, $0.count - 1) }
+    }
+
+    func run() -> Int32 {
+        _ = credfs_set_not_dumpable()
+        // Successors start through /bin/sh (for LISTEN_PID): name the binary by its path.
+        binary = Self.ownExecutable() ?? binary
+        socketFd = credfs_bind_datagram(socketName)
+        guard socketFd >= 0 else {
+            let reason =
+                errno == EADDRINUSE
+                ? "a live credfs mount is already at \(mountpoint)"
+                : "cannot create the supervisor socket: \(MountPoint.describe(errno))"
+            report("error: \(reason)")
+            return 1
+        }
+        var pipeFds: [Int32] = [-1, -1]
+        guard pipe(&pipeFds) == 0 else {
+            report("error: pipe: \(MountPoint.describe(errno))")
+            return 1
+        }
+        for fd in pipeFds {
+            _ = credfs_set_cloexec(fd, 1)
+            _ = credfs_set_nonblock(fd)
+        }
+        signalRead = pipeFds[0]
+        supervisorSignalPipe = pipeFds[1]
+        // A process spawned from a Swift worker thread inherits its blocked signals.
+        var handled = sigset_t()
+        sigemptyset(&handled)
+        for sig in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&handled, sig) }
+        pthread_sigmask(SIG_UNBLOCK, &handled, nil)
+        for sig in [SIGTERM, SIGINT, SIGHUP] {
+            var action = sigaction()
+            action.__sigaction_handler.sa_handler = { sig in
+                var byte = UInt8(truncatingIfNeeded: sig)
+                _ = write(supervisorSignalPipe, &byte, 1)
+            }
+            sigaction(sig, &action, nil)
+        }
+
+        guard let first = spawnServer(binary: binary, first: true) else {
+            report("error: cannot start the server: \(MountPoint.describe(errno))")
+            return 1
+        }
+        server = first
+        if readyFd >= 0 {
+            close(readyFd)
+            readyFd = -1
+        }
+        return loop()
+    }
+
+    /// Tells `credfs mount` what happened (only before the first server took the pipe).
+    func report(_ line: String) {
+        guard readyFd >= 0 else { return }
+        let bytes = Array((line + "\n").utf8)
+        _ = bytes.withUnsafeBytes { write(readyFd, $0.baseAddress, $0.count) }
+        close(readyFd)
+        readyFd = -1
+    }
+
+    func loop() -> Int32 {
+        var forwarded = false
+        var restartAt: Double?
+        while true {
+            var timeout: Int32 = -1
+            if let restartAt { timeout = Int32(max(0, min(5000, (restartAt - Self.now()) * 1000))) }
+            pump(timeoutMs: timeout)
+            if terminating, !forwarded {
+                forwarded = true
+                if let server {
+                    kill(server.pid, SIGTERM)
+                } else {
+                    _ = FuseFileSystem.detach(mountpoint)
+                    return 0
+                }
+            }
+            if let current = server, let status = exits.removeValue(forKey: current.pid) {
+                close(current.pidfd)
+                server = nil
+                let cleanExit = Self.exitedNormally(status) && Self.exitCode(status) == 0
+                if stopping || terminating || (cleanExit && !handingOver) {
+                    if terminating { _ = FuseFileSystem.detach(mountpoint) }
+                    return 0
+                }
+                handingOver = false
+                guard store.contains(where: { $0.name == Hitless.fuseName }) else {
+                    log("the server exited before the mount was up (\(Self.describe(status)))")
+                    return Self.exitedNormally(status) ? max(1, Self.exitCode(status)) : 1
+                }
+                // Back off only from servers that die before they serve (a crash loop),
+                // never from a server that was killed while serving.
+                quickDeaths = serving.contains(current.pid) ? 0 : quickDeaths + 1
+                serving.remove(current.pid)
+                log("the server died (\(Self.describe(status))); starting its successor")
+                if quickDeaths > 2 {
+                    restartAt = Self.now() + min(5, 0.1 * Double(1 << min(quickDeaths - 2, 6)))
+                } else {
+                    restartAt = Self.now()
+                }
+            }
+            if server == nil, let at = restartAt, Self.now() >= at {
+                restartAt = nil
+                if let next = spawnServer(binary: binary, first: false) {
+                    server = next
+                } else {
+                    log("cannot start a successor: \(MountPoint.describe(errno)); retrying")
+                    quickDeaths += 1
+                    restartAt = Self.now() + 1
+                }
+            }
+            if let upgrade = pendingUpgrade, server != nil, !terminating {
+                pendingUpgrade = nil
+                let result = performUpgrade(to: upgrade.binary)
+                let bytes = Array((result + "\n").utf8)
+                _ = bytes.withUnsafeBytes { write(upgrade.reply, $0.baseAddress, $0.count) }
+                close(upgrade.reply)
+                if server == nil, restartAt == nil { restartAt = Self.now() + 0.1 }
+            }
+        }
+    }
+
+    // MARK: upgrade
+
+    /// Replaces the server by `newBinary` on the same connection. Returns `ok` or `error: …`.
+    func performUpgrade(to newBinary: String) -> String {
+        // 1. Does it run at all? The serving process is not touched if not.
+        guard let check = spawn(newBinary, ["credfs", "--version"], fds: [], environment: [:], listen: false)
+        else {
+            return "error: \(newBinary) does not run: \(MountPoint.describe(errno))"
+        }
+        candidate = check
+        pump(until: { self.exits[check.pid] != nil }, seconds: 5)
+        candidate = nil
+        close(check.pidfd)
+        guard let checked = exits.removeValue(forKey: check.pid) else {
+            kill(check.pid, SIGKILL)
+            var status: Int32 = 0
+            waitpid(check.pid, &status, 0)
+            return "error: \(newBinary) did not answer --version within 5 s"
+        }
+        guard Self.exitedNormally(checked), Self.exitCode(checked) == 0 else {
+            return "error: \(newBinary) does not run (--version: \(Self.describe(checked)))"
+        }
+        // 2. The old server stops reading, answers what it read, stores its state, exits.
+        guard let old = server else { return "error: no server is running" }
+        handingOver = true
+        kill(old.pid, SIGUSR2)
+        pump(until: { self.exits[old.pid] != nil }, seconds: 5)
+        if exits[old.pid] == nil {
+            log("the server did not hand over within 5 s; killing it")
+            kill(old.pid, SIGKILL)
+            pump(until: { self.exits[old.pid] != nil }, seconds: 5)
+        }
+        exits.removeValue(forKey: old.pid)
+        close(old.pidfd)
+        server = nil
+        handingOver = false
+        stopping = false
+        if terminating { return "error: stopping" }
+        // 3. The new binary takes over; if it does not, the previous binary does.
+        guard let next = spawnServer(binary: newBinary, first: false) else {
+            let reason = MountPoint.describe(errno)
+            server = spawnServer(binary: binary, first: false)
+            return "error: cannot start \(newBinary): \(reason); the previous binary serves again"
+        }
+        server = next
+        pump(until: { self.serving.contains(next.pid) || self.exits[next.pid] != nil }, seconds: 10)
+        if serving.contains(next.pid), exits[next.pid] == nil {
+            binary = newBinary
+            return "ok"
+        }
+        let why: String
+        if let status = exits.removeValue(forKey: next.pid) {
+            why = "it exited (\(Self.describe(status)))"
+        } else {
+            why = "it did not serve within 10 s"
+            kill(next.pid, SIGKILL)
+            var status: Int32 = 0
+            waitpid(next.pid, &status, 0)
+        }
+        close(next.pidfd)
+        server = spawnServer(binary: binary, first: false)
+        return "error: \(newBinary) did not take over: \(why); the previous binary serves again"
+    }
+
+    // MARK: events
+
+    /// Handles socket messages, signals and child exits until `condition` holds or
+    /// `seconds` pass.
+    func pump(until condition: () -> Bool, seconds: Double) {
+        let deadline = Self.now() + seconds
+        while !condition() {
+            let left = deadline - Self.now()
+            if left <= 0 { return }
+            pump(timeoutMs: Int32(min(left * 1000 + 1, 60_000)))
+        }
+    }
+
+    /// One round: waits up to `timeoutMs` (-1: forever) for something to happen.
+    func pump(timeoutMs: Int32) {
+        var polls = [
+            pollfd(fd: socketFd, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: signalRead, events: Int16(POLLIN), revents: 0),
+        ]
+        let children = [server, candidate].compactMap { $0 }
+        for child in children { polls.append(pollfd(fd: child.pidfd, events: Int16(POLLIN), revents: 0)) }
+        let n = poll(&polls, nfds_t(polls.count), timeoutMs)
+        guard n > 0 else { return }
+        if polls[0].revents != 0 { drainSocket() }
+        if polls[1].revents != 0 {
+            var byte: UInt8 = 0
+            while read(signalRead, &byte, 1) == 1 {
+                if Int32(byte) == SIGTERM || Int32(byte) == SIGINT { terminating = true }
+            }
+        }
+        for child in children {
+            var status: Int32 = 0
+            if waitpid(child.pid, &status, WNOHANG) == child.pid { exits[child.pid] = status }
+        }
+    }
+
+    func drainSocket() {
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        var fds = [Int32](repeating: -1, count: 16)
+        while true {
+            var count: Int32 = 0
+            var pid: pid_t = 0
+            var uid: uid_t = 0
+            let n = buffer.withUnsafeMutableBytes { raw in
+                credfs_recv_fds(socketFd, raw.baseAddress, raw.count, &fds, 16, &count, &pid, &uid)
+            }
+            if n < 0 { return }
+            let received = Array(fds.prefix(Int(max(0, count))))
+            let text = String(decoding: buffer.prefix(n), as: UTF8.self)
+            handle(message: text, fds: received, pid: pid, uid: uid)
+        }
+    }
+
+    func handle(message: String, fds: [Int32], pid: pid_t, uid: uid_t) {
+        var unused = fds
+        defer { unused.forEach { close($0) } }
+        guard uid == getuid() || uid == 0 else { return }
+        var fields: [String: String] = [:]
+        for line in message.split(separator: "\n") {
+            guard let eq = line.firstIndex(of: "=") else { continue }
+            fields[String(line[..<eq])] = String(line[line.index(after: eq)...])
+        }
+        if fields["UPGRADE"] == "1", let binary = fields["BINARY"], let reply = unused.first {
+            unused.removeFirst()
+            if pendingUpgrade != nil || handingOver {
+                let bytes = Array("error: an upgrade is already in progress\n".utf8)
+                _ = bytes.withUnsafeBytes { write(reply, $0.baseAddress, $0.count) }
+                close(reply)
+            } else {
+                pendingUpgrade = (binary, reply)
+            }
+            return
+        }
+        // The rest comes from the server (or the successor being started) only.
+        guard pid == server?.pid || pid == candidate?.pid else { return }
+        if fields["FDSTOREREMOVE"] == "1", let name = fields["FDNAME"] {
+            store.removeAll { entry in
+                guard entry.name == name else { return false }
+                close(entry.fd)
+                return true
+            }
+        }
+        if fields["FDSTORE"] == "1", !unused.isEmpty {
+            let name = fields["FDNAME"] ?? "stored"
+            for fd in unused { store.append((name, fd)) }
+            unused = []
+            // The first server serves once it stored its connection.
+            if name == Hitless.fuseName { serving.insert(pid) }
+        }
+        if fields["STOPPING"] == "1", !handingOver { stopping = true }
+        if fields["SERVING"] == "1" { serving.insert(pid) }
+    }
+
+    // MARK: processes
+
+    /// Starts a server: the first with the readiness pipe, successors with the store.
+    func spawnServer(binary: String, first: Bool) -> Child? {
+        var environment = ["NOTIFY_SOCKET": socketName, "FDSTORE": "64"]
+        if first {
+            return spawn(
+                binary,
+                ["credfs", "mount"] + mountArguments + ["--foreground", "--ready-fd", "3"],
+                fds: readyFd >= 0 ? [readyFd] : [], environment: environment, listen: false)
+        }
+        environment["LISTEN_FDS"] = String(store.count)
+        environment["LISTEN_FDNAMES"] = store.map(\.name).joined(separator: ":")
+        return spawn(
+            binary, ["credfs", "mount"] + mountArguments + ["--foreground"], fds: store.map(\.fd),
+            environment: environment, listen: !store.isEmpty)
+    }
+
+    /// posix_spawn of `binary` with `fds` at 3, 4, …; with `listen`, through `/bin/sh` so
+    /// that `LISTEN_PID` is the server's own pid (`exec` keeps it).
+    func spawn(_ binary: String, _ argv: [String], fds: [Int32], environment: [String: String], listen: Bool)
+        -> Child?
+    {
+        // Out of the way of 3…3+n first, so that the dup2s below cannot clobber each other.
+        let high = fds.map { fcntl($0, F_DUPFD_CLOEXEC, 100) }
+        defer { high.forEach { if $0 >= 0 { close($0) } } }
+        guard !high.contains(where: { $0 < 0 }) else { return nil }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        for (i, fd) in high.enumerated() { posix_spawn_file_actions_adddup2(&actions, fd, Int32(3 + i)) }
+
+        var env: [String] = []
+        var index = 0
+        while let entry = environ[index] {
+            let text = String(cString: entry)
+            let key = text.split(separator: "=", maxSplits: 1).first.map(String.init) ?? ""
+            if environment[key] == nil, !key.hasPrefix("LISTEN_") { env.append(text) }
+            index += 1
+        }
+        for (key, value) in environment { env.append("\(key)=\(value)") }
+
+        let path: String
+        var args: [String]
+        if listen {
+            path = "/bin/sh"
+            args = ["sh", "-c", "LISTEN_PID=$$; export LISTEN_PID; exec \"$0\" \"$@\"", binary] + argv.dropFirst()
+        } else {
+            path = binary
+            args = argv
+        }
+        var cArgs = args.map { strdup($0) } + [nil]
+        var cEnv = env.map { strdup($0) } + [nil]
+        defer {
+            cArgs.forEach { free($0) }
+            cEnv.forEach { free($0) }
+        }
+        // Children start with no signal blocked and the default handlers.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for sig in [SIGTERM, SIGINT, SIGHUP, SIGUSR2] { sigaddset(&defaults, sig) }
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        let setSigmask: Int16 = 0x08  // POSIX_SPAWN_SETSIGMASK (glibc)
+        let setSigdef: Int16 = 0x04  // POSIX_SPAWN_SETSIGDEF (glibc)
+        posix_spawnattr_setflags(&attributes, setSigmask | setSigdef)
+        var pid = pid_t()
+        let result = posix_spawn(&pid, path, &actions, &attributes, &cArgs, &cEnv)
+        guard result == 0 else {
+            errno = result
+            return nil
+        }
+        let pidfd = credfs_pidfd_open(pid)
+        guard pidfd >= 0 else {
+            kill(pid, SIGKILL)
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+            return nil
+        }
+        var started = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &started)
+        return Child(pid: pid, pidfd: pidfd, started: started)
+    }
+
+    // MARK: helpers
+
+    static func ownExecutable() -> String? {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard n > 0 else { return nil }
+        let path = String(decoding: buffer.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return path.hasSuffix(" (deleted)") ? nil : path
+    }
+
+    static func now() -> Double {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return seconds(t)
+    }
+
+    static func seconds(_ t: timespec) -> Double { Double(t.tv_sec) + Double(t.tv_nsec) / 1e9 }
+    static func exitedNormally(_ status: Int32) -> Bool { status & 0x7f == 0 }
+    static func exitCode(_ status: Int32) -> Int32 { (status >> 8) & 0xff }
+
+    static func describe(_ status: Int32) -> String {
+        if exitedNormally(status) { return "exit status \(exitCode(status))" }
+        return "signal \(status & 0x7f)"
+    }
+}
