@@ -2,8 +2,10 @@
 """A fake Alibaba Cloud credentials URI on 127.0.0.1 for scripts/bench and scripts/load.
 
 GET /count        -> {"requests": N, "generation": G}  (not counted)
+GET /count?path=P -> the same, N counting only requests for path P (one client per path:
+                     scripts/bench runs two credfs mounts on one upstream)
 GET anything else -> {"Code":"Success","AccessKeyId":…,"AccessKeySecret":…,
-                      "SecurityToken":…,"Expiration":…}  (counted)
+                      "SecurityToken":…,"Expiration":…}  (counted, in total and per path)
 
 The credentials rotate on a clock, not per request: generation G is served during
 [t0 + (G-1)*period, t0 + G*period) and expires `lifetime` seconds after its period began
@@ -27,6 +29,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 AK_LEN = 29  # like a real STS AccessKeyId (STS. + 25)
@@ -48,14 +51,16 @@ class Upstream:
         self.t0 = math.floor(time.time())
         self.lock = threading.Lock()
         self.requests = 0
+        self.by_path = {}
 
     def generation(self, now: float) -> int:
         return int((now - self.t0) // self.period) + 1
 
-    def answer(self) -> bytes:
+    def answer(self, path: str) -> bytes:
         now = time.time()
         with self.lock:
             self.requests += 1
+            self.by_path[path] = self.by_path.get(path, 0) + 1
         g = self.generation(now)
         start = self.t0 + (g - 1) * self.period
         expires = math.floor(start + self.lifetime)
@@ -68,9 +73,9 @@ class Upstream:
         }
         return json.dumps(body, separators=(",", ":")).encode()
 
-    def count(self) -> bytes:
+    def count(self, path=None) -> bytes:
         with self.lock:
-            n = self.requests
+            n = self.requests if path is None else self.by_path.get(path, 0)
         return json.dumps({"requests": n, "generation": self.generation(time.time())}).encode()
 
 
@@ -90,8 +95,11 @@ def main() -> int:
         protocol_version = "HTTP/1.1"
 
         def do_GET(self):  # noqa: N802 (http.server's naming)
-            path = self.path.split("?", 1)[0]
-            body = upstream.count() if path == "/count" else upstream.answer()
+            path, _, query = self.path.partition("?")
+            if path == "/count":
+                body = upstream.count(urllib.parse.parse_qs(query).get("path", [None])[0])
+            else:
+                body = upstream.answer(path)
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))

@@ -148,9 +148,10 @@ bench_start_upstream() { # PERIOD LIFETIME
 }
 
 # Sets $snap_gen, $snap_count (fake upstream) and $snap_own (credfs's upstreamRequests),
-# read together while no refresh is in flight.
-bench_snapshot() { # MOUNTPOINT
-    read -r snap_gen snap_count snap_own < <(python3 bench/snapshot.py "$1" "$up_port") ||
+# read together while no refresh is in flight. UPSTREAM_PATH counts only the requests for
+# the mount's --uri path (default: all); SETTLE is how old its status can be (bench/snapshot.py).
+bench_snapshot() { # MOUNTPOINT [UPSTREAM_PATH [SETTLE]]
+    read -r snap_gen snap_count snap_own < <(python3 bench/snapshot.py "$1" "$up_port" "${2:-}" "${3:-0}") ||
         bench_die "cannot read generation and upstream count"
     [ -n "${snap_gen:-}" ] || bench_die "cannot read generation and upstream count"
 }

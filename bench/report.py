@@ -5,7 +5,8 @@ usage: report.py DATA EXTRA
 DATA lines:  ROW MODE RUN key=value…      (a loadgen result; MODE: 1 or 2 readers, or
                                          1 reader pinned: "same" CPU as the daemons, "other")
              mount I EXEC_TO_MOUNT_US EXEC_TO_FIRST_READ_US
-             storm key=value…            (loadgen --verify-json over the storm)
+             storm key=value…            (loadgen --verify-json over the storm, default mode)
+             storm_kc key=value…         (the same on the --kernel-cache mount)
 EXTRA lines: key=value
 """
 import statistics
@@ -15,13 +16,16 @@ ROWS = [
     ("tmpfs", "tmpfs file, same bytes as `credentials`"),
     ("floor", "C FUSE floor (`bench/minfuse`, same bytes)"),
     ("credentials", "credfs `credentials`"),
+    ("kc_credentials", "credfs `--kernel-cache` `credentials`"),
     ("token", "credfs `token` (reader's process group pinned to the current generation)"),
-    ("token_old", "credfs `token` (group pinned to the previous generation, after a rotation)"),
+    ("kc_token", "credfs `--kernel-cache` `token` (no pins in this mode)"),
+    ("token_old", "credfs `token` (group pinned to the previous generation, after a rotation: "
+                  "looked up on every open, it gets that generation's own inode)"),
     ("curl", "`curl -s` of credfs's local credentials URI"),
 ]
 
 
-NUMBERS = ["1", "2", "3", "4", "4b", "5"]
+NUMBERS = ["1", "2", "3", "3k", "4", "4k", "4b", "5"]
 
 
 def kv(words):
@@ -60,7 +64,7 @@ def main():
 
     samples = {}  # (row, readers) -> list of result dicts
     mounts = []
-    storm = None
+    storms = {}  # "storm" (default mode), "storm_kc" -> loadgen --verify-json result
     with open(data_path) as f:
         for line in f:
             parts = line.split()
@@ -68,8 +72,8 @@ def main():
                 continue
             if parts[0] == "mount":
                 mounts.append((int(parts[2]) / 1000, int(parts[3]) / 1000))
-            elif parts[0] == "storm":
-                storm = kv(parts[1:])
+            elif parts[0] in ("storm", "storm_kc"):
+                storms[parts[0]] = kv(parts[1:])
             else:
                 row, mode, run = parts[0], parts[1], int(parts[2])
                 samples.setdefault((row, mode), {})[run] = kv(parts[3:])
@@ -102,6 +106,9 @@ def main():
             return None
         return statistics.median(rs), min(rs), max(rs)
 
+    def mode_names(modes):
+        return [{"1": "1 reader", "2": "2 readers", "same": "one CPU", "other": "two CPUs"}[m] for m in modes]
+
     out = []
     w = out.append
     w("# credfs benchmark (`scripts/bench`)")
@@ -112,7 +119,8 @@ def main():
       f"({extra.get('binary_mb', '?')} MB binary)")
     w("")
     w(f"`credentials` is {extra.get('credentials_bytes', '?')} bytes, `token` {extra.get('token_bytes', '?')} bytes "
-      f"(fake local upstream, rotation every {extra.get('rotate_seconds', '?')} s throughout). One op is "
+      f"(fake local upstream, rotation every {extra.get('rotate_seconds', '?')} s throughout, two credfs "
+      "mounts on it: the default mode, and `--kernel-cache` for rows 3k and 4k). One op is "
       "open + read to EOF + close (curl: one `curl -sf` process and HTTP GET). Each cell: the median over "
       f"the runs ({extra.get('config', '')}) of loadgen's median batch ns/op (batches of 200 ops; curl: "
       "all its ops in one batch); with 2 readers, the time per op each reader sees. Each ratio is the "
@@ -155,6 +163,33 @@ def main():
         w("")
 
     row_table(("1", "2"), ("1 reader", "2 readers"))
+
+    def side_by_side():
+        """Rows 3/3k and 4/4k next to each other, every reader count and placement measured."""
+        w("Both modes side by side (same run, rows interleaved): each file of the default mount next "
+          "to the same file of the `--kernel-cache` mount.")
+        w("")
+        w("| file | readers | default | ÷ tmpfs | ÷ FUSE floor | `--kernel-cache` | ÷ tmpfs | ÷ FUSE floor | "
+          "kernel-cache ÷ default |")
+        w("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        for f in ("credentials", "token"):
+            for m in MODES:
+                d, k = cells[(f, m)], cells[("kc_" + f, m)]
+                if not d or not k:
+                    continue
+                cols = [f"`{f}`", mode_names([m])[0]]
+                for row, c in ((f, d), ("kc_" + f, k)):
+                    cols.append(fmt_ns(c["median"]) if c else "–")
+                    for base in ("tmpfs", "floor"):
+                        r = paired(row, base, m)
+                        cols.append(fmt_ratio(r[0]) if r else "–")
+                r = paired("kc_" + f, f, m)
+                cols.append(fmt_ratio(r[0]) if r else "–")
+                w("| " + " | ".join(cols) + " |")
+        w("")
+
+    if any(cells[("kc_credentials", m)] for m in MODES):
+        side_by_side()
     if any(cells[(r, "same")] for r, _ in ROWS):
         w("The same, 1 reader, with the CPU placement fixed (taskset): the reader on CPU 0 and every "
           "thread of both daemons on CPU 0 (\"one CPU\"), then on CPU 1 (\"two CPUs\": each request "
@@ -179,19 +214,29 @@ def main():
             return "**no**"
         return "**partly** (" + ", ".join(f"{n}: {'yes' if o else 'no'}" for n, o in zip(mode_names(modes), oks)) + ")"
 
-    def mode_names(modes):
-        return [{"1": "1 reader", "2": "2 readers", "same": "one CPU", "other": "two CPUs"}[m] for m in modes]
-
     def met(ok):
         return "**yes**" if ok else "**no**"
 
     modes = [m for m in MODES if cells[("floor", m)]]
     names = " / ".join(mode_names(modes))
-    w(f"| target (issue 6) | measured: median of per-run ratios (min–max); {names} | met |")
+    w(f"| target (issues 6 and 12) | measured: median of per-run ratios (min–max); {names} | met |")
     w("|---|---|---|")
     w(f"| `credentials` ≤ 0.6× the C FUSE floor | {show('credentials', 'floor', modes)} | "
       f"{verdict('credentials', 'floor', modes, lambda x: x <= 0.6)} |")
     w(f"| `credentials` ÷ tmpfs file (report) | {show('credentials', 'tmpfs', modes)} | – |")
+    if cells[("kc_credentials", "1")]:
+        w(f"| `--kernel-cache` `credentials` ≤ 3× the tmpfs file (issue 12; 1 / 2 readers) | "
+          f"{show('kc_credentials', 'tmpfs', ('1', '2'))} | "
+          f"{verdict('kc_credentials', 'tmpfs', ('1', '2'), lambda x: x <= 3)} |")
+        w(f"| (`--kernel-cache` `credentials` ÷ C FUSE floor, report) | {show('kc_credentials', 'floor', modes)} | – |")
+        w(f"| (`--kernel-cache` `token` ÷ tmpfs file, report; 1 / 2 readers) | "
+          f"{show('kc_token', 'tmpfs', ('1', '2'))} | – |")
+    if "kc_open_requests_before" in extra:
+        before, after = extra["kc_open_requests_before"], extra.get("kc_open_requests_after", "?")
+        end = extra.get("kc_open_requests_end", "?")
+        w(f"| no OPEN reaches the `--kernel-cache` daemon: its `openRequests` (status) before / after "
+          f"rows 3k and 4k | {before} / {after} across {int(extra.get('kc_ops', 0)):,} open + read + close "
+          f"of its files (after its storm too: {end}) | {met(before == after == end)} |")
     w(f"| field file (`token`) ≤ 1.0× the C FUSE floor | {show('token', 'floor', modes)} | "
       f"{verdict('token', 'floor', modes, lambda x: x <= 1.0)} |")
     w(f"| field file, group pinned to the previous generation, ≤ 1.0× the C FUSE floor | "
@@ -204,24 +249,31 @@ def main():
         held = sum(r.get("still_pinned") == "1" for r in stale)
         w(f"| (row 4b check: the group still read its pinned generation at the end of the run) | "
           f"{held} of {len(stale)} runs | – |")
-    if storm is not None:
-        rot = int(extra.get("storm_rotations", 0))
-        req = int(extra.get("storm_upstream_requests", 0))
+    for name, mode in (("storm", "default mode"), ("storm_kc", "`--kernel-cache`")):
+        storm = storms.get(name)
+        if storm is None:
+            continue
+        rot = int(extra.get(f"{name}_rotations", 0))
+        req = int(extra.get(f"{name}_upstream_requests", 0))
         per = req / rot if rot else float("inf")
         bad = sum(int(storm.get(k, 0)) for k in ("torn", "mixed", "expired", "stale"))
-        w(f"| exactly 1 upstream request per rotation during the storm ({extra.get('storm_readers')} readers, "
-          f"{extra.get('storm_seconds')} s, rotation every {extra.get('rotate_seconds')} s) | "
-          f"{req} requests (credfs counted {extra.get('storm_credfs_counted')}) for {rot} rotations = "
-          f"{per:.2f} per rotation | {met(rot > 0 and req == rot)} |")
-        w(f"| storm reads: all complete, one generation, unexpired, never older than an earlier read | "
+        w(f"| {mode}: exactly 1 upstream request per rotation during the storm "
+          f"({extra.get('storm_readers')} readers, {extra.get('storm_seconds')} s, rotation every "
+          f"{extra.get('rotate_seconds')} s) | {req} requests (credfs counted {extra.get(f'{name}_credfs_counted')}) "
+          f"for {rot} rotations = {per:.2f} per rotation | {met(rot > 0 and req == rot)} |")
+        w(f"| {mode}: storm reads all complete, one generation, unexpired, never older than an earlier read | "
           f"{int(storm['ops']):,} reads ({float(storm['ops_per_s']):,.0f}/s), errors {storm['errors']} "
           f"(first: {storm.get('first_errno')}), torn {storm['torn']}, mixed {storm['mixed']}, "
-          f"expired {storm['expired']}, stale {storm['stale']}; p50 batch {fmt_ns(float(storm['median_ns']))}/op "
+          f"expired {storm['expired']}, stale {storm['stale']}; generations {storm.get('gen_min')}–"
+          f"{storm.get('gen_max')}; p50 batch {fmt_ns(float(storm['median_ns']))}/op "
           f"per reader, p90 {fmt_ns(float(storm['p90_ns']))} | {met(bad == 0 and int(storm['errors']) == 0)} |")
     rss = int(extra.get("rss_kb", 0))
     w(f"| daemon RSS ≤ 16 MiB after the storm | VmRSS {rss / 1024:.1f} MiB (peak VmHWM "
       f"{int(extra.get('hwm_kb', 0)) / 1024:.1f} MiB; a fresh idle mount "
-      f"{int(extra.get('fresh_rss_kb', 0)) / 1024:.1f} MiB) | {met(0 < rss <= 16 * 1024)} |")
+      f"{int(extra.get('fresh_rss_kb', 0)) / 1024:.1f} MiB"
+      + (f"; the `--kernel-cache` daemon after its storm {int(extra['kc_rss_kb']) / 1024:.1f} MiB"
+         if "kc_rss_kb" in extra else "")
+      + f") | {met(0 < rss <= 16 * 1024)} |")
     if mounts:
         m = statistics.median(x for x, _ in mounts)
         f = statistics.median(y for _, y in mounts)
@@ -240,7 +292,8 @@ def main():
         detail = ", ".join(f"{k} {v:.2f}" for k, v in per_op.items() if v >= 0.005)
         w(f"FUSE requests per op on the floor: {total:.2f} ({detail}; release is not waited for). "
           f"credfs log lines with error/critical: {extra.get('errors_in_log', '?')}; "
-          f"state at the end: {extra.get('state', '?')}.")
+          f"state at the end: {extra.get('state', '?')}"
+          + (f" (`--kernel-cache` mount: {extra['kc_state']})" if "kc_state" in extra else "") + ".")
         w("")
     w("Run-to-run spread (each run's median batch, per op):")
     w("")
