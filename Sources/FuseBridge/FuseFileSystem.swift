@@ -110,6 +110,21 @@ public final class FuseFileSystem: Sendable {
     /// Open file and directory handles.
     public var openHandleCount: Int { handles.count }
 
+    /// A versioned inode this process does not hold (a predecessor handed it out after its
+    /// last state push) that names the file's current version: its attributes and bytes
+    /// are the current ones. Any other unknown inode: nil.
+    func currentNode(_ inode: UInt64) -> VersionTable.Node? {
+        guard inode >= VersionTable.firstInode else { return nil }
+        let offset = inode - VersionTable.firstInode
+        let index = Int(offset & UInt64(VersionTable.maxFiles - 1))
+        let version = offset >> VersionTable.fileBits
+        guard index < tree.files.count, case .bytes(let bytes, let mtime, let current) = tree.files[index].peek(),
+            current == version, VersionTable.inode(file: index, version: version) == inode
+        else { return nil }
+        return VersionTable.Node(
+            inode: inode, fileIndex: index, version: version, bytes: bytes, mtime: mtime, lookups: 0)
+    }
+
     /// The root's listing, with the inode a lookup of each name gives now, so `ls -i` and
     /// `stat` agree.
     func rootListing() -> [DirectoryEntry] {

@@ -164,8 +164,10 @@ enum FuseOps {
         serve(req) { req, fs in
             fs.count { $0.getattr += 1 }
             if inode >= VersionTable.firstInode {
-                guard let node = fs.versions.node(inode) else {
-                    _ = fuse_reply_err(req, ENOENT)
+                guard let node = fs.versions.node(inode) ?? fs.currentNode(inode) else {
+                    // Another version than the file's current one, unknown here: the kernel
+                    // looks the name up again.
+                    _ = fuse_reply_err(req, ESTALE)
                     return
                 }
                 var st = fs.attributes(of: node)
@@ -290,7 +292,7 @@ enum FuseOps {
                     let bytes: [UInt8]
                     if let snapshot = fs.handles.bytes(handle, inode: inode) {
                         bytes = snapshot
-                    } else if let node = fs.versions.node(inode) {
+                    } else if let node = fs.versions.node(inode) ?? fs.currentNode(inode) {
                         // Versioned inodes (fh 0), and handles of an earlier server that were
                         // not carried over: the inode's bytes never change.
                         bytes = node.bytes
