@@ -186,6 +186,15 @@ final class Hitless: Sendable {
         }
     }
 
+    /// After an ordinary end (SIGTERM, unmount): the mount is gone, so the connection and its
+    /// INIT leave the fd store, and the next start (`systemctl restart`) mounts anew
+    /// instead of adopting a dead connection.
+    func ended() {
+        guard FDStore.isAvailable, !handingOver.load(ordering: .sequentiallyConsistent) else { return }
+        FDStore.remove(name: Self.fuseName)
+        FDStore.remove(name: Self.initName)
+    }
+
     /// SIGUSR2: stop serving, push the final state, exit 0 without unmounting.
     func handOver() async {
         guard let action = handover.withLock({ $0 }) else { return }

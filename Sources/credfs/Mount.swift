@@ -261,6 +261,7 @@ struct Mount: AsyncParsableCommand {
         await router.attach(group, refresher: refresher)
         try await group.run()
         hitless.finishHandover()
+        hitless.ended()
         notifier.stopping()
         logger.info("unmounted", metadata: ["mountpoint": "\(path)"])
     }
