@@ -59,6 +59,7 @@ final class FakeHTTPServer: Sendable {
     var baseURL: String { "http://127.0.0.1:\(port)" }
 
     func start() async throws {
+        _ = ignoringSIGPIPE
         let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in

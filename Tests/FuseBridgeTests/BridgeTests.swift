@@ -92,6 +92,7 @@ struct BridgeMountTests {
     }
 
     func mount(_ files: [VirtualFile]) throws -> (FuseFileSystem, String) {
+        signal(SIGPIPE, SIG_IGN)
         var template = Array("/tmp/credfs-bridge-XXXXXX".utf8CString)
         let dir = String(cString: mkdtemp(&template)!)
         let fs = FuseFileSystem(tree: VirtualDirectory(files: files), mountpoint: dir)
