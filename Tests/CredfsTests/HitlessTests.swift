@@ -447,8 +447,12 @@ extension HitlessTests {
         dweller.executableURL = URL(fileURLWithPath: "/bin/sleep")
         dweller.arguments = ["600"]
         dweller.currentDirectoryURL = URL(fileURLWithPath: mount.mountpoint)
+        // Not this process's stdout: a leftover child holding it keeps `swift test` waiting.
+        dweller.standardOutput = FileHandle.nullDevice
+        dweller.standardError = FileHandle.nullDevice
         try dweller.run()
-        defer { dweller.terminate() }
+        // SIGKILL: a child started from a thread with signals blocked ignores SIGTERM.
+        defer { kill(dweller.processIdentifier, SIGKILL) }
         let held = open(mount.path("credentials"), O_RDONLY)
         #expect(held >= 0)
         defer { close(held) }
