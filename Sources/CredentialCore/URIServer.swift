@@ -85,7 +85,7 @@ public final class CredentialsURIServer: Sendable {
             return (.forbidden, error("Forbidden", "requests from a web page are refused"))
         }
         if let hosts, !hosts.accepts(headers["Host"]) {
-            return (.forbidden, error("Forbidden", "Host must be this loopback address or localhost, with the port"))
+            return (.forbidden, error("Forbidden", "Host must be this loopback address or localhost"))
         }
         guard path == "/" || path.hasPrefix("/?") else {
             return (.notFound, error("NotFound", "only GET / is served"))
@@ -109,7 +109,7 @@ public final class CredentialsURIServer: Sendable {
     }
 
     /// The `Host` values a request may carry: the literal the server listens on, or
-    /// `localhost`, each with the bound port.
+    /// `localhost`, each bare or with the bound port.
     final class HostCheck: Sendable {
         let literal: String
         let port = Counter()
@@ -118,7 +118,8 @@ public final class CredentialsURIServer: Sendable {
         func accepts(_ values: [String]) -> Bool {
             guard values.count == 1, let value = values.first?.lowercased() else { return false }
             let port = self.port.value.load(ordering: .relaxed)
-            return value == "\(literal):\(port)" || value == "localhost:\(port)"
+            // The official Python SDK sends the host without its port.
+            return [literal, "localhost", "\(literal):\(port)", "localhost:\(port)"].contains(value)
         }
     }
 
