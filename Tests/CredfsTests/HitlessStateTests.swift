@@ -60,7 +60,10 @@ struct HitlessStateTests {
         let server = FakeCredentialServer()
         try await server.start()
         defer { Task { await server.stop() } }
-        let mount = try Supervised(["--provider", "uri", "--uri", server.url])
+        let logDir = try TempDir()
+        defer { logDir.remove() }
+        let logFile = logDir.path + "/credfs.log"
+        let mount = try Supervised(["--provider", "uri", "--uri", server.url, "--log-file", logFile])
         defer { try? mount.stop() }
         try waitUntil("the first credentials") { (try? mount.status()["generation"] as? Int) == 1 }
         #expect(mount.supervisor > 0)
@@ -131,6 +134,12 @@ struct HitlessStateTests {
         #expect(try mount.status()["generation"] as? Int == 2)
         // One request per generation: the successor asked nothing.
         #expect(server.requests == 2)
+        let log = (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? ""
+        #expect(log.contains("took over process-group pins"), "the successor's log")
+        for generation in 1...2 {
+            #expect(!log.contains(FakeCredentialServer.secret(generation)), "a secret reached the log")
+            #expect(!log.contains(FakeCredentialServer.token(generation)), "a token reached the log")
+        }
         HitlessTests.report(
             "pinned group across \(takeover): takeover \(Int(took * 1000)) ms, group's reads spanned \(Int(held * 1000)) ms of its 10 s pin"
         )
@@ -143,8 +152,11 @@ struct HitlessStateTests {
         let fake = FakeMetadataServer(tokenMode: .required)
         try await fake.start()
         defer { Task { await fake.stop() } }
+        let logDir = try TempDir()
+        defer { logDir.remove() }
+        let logFile = logDir.path + "/credfs.log"
         let mount = try Supervised(
-            ["--provider", "ecs-ram-role", "--imds-endpoint", fake.endpoint],
+            ["--provider", "ecs-ram-role", "--imds-endpoint", fake.endpoint, "--log-file", logFile],
             environment: EcsMetadataTests.environment())
         defer { try? mount.stop() }
         try waitUntil("the first credentials") { (try? mount.status()["generation"] as? Int) == 1 }
@@ -194,5 +206,9 @@ struct HitlessStateTests {
             }
         }
         #expect(fake.read { $0.issued.count } == 1)
+        let log = (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? ""
+        #expect(log.contains("took over the mount"), "the successors' log")
+        #expect(!log.contains("imds-token-"), "the metadata token reached the log")
+        #expect(!log.contains("secret-") && !log.contains("token-1-"))
     }
 }
