@@ -348,7 +348,8 @@ extension GenerationPins {
         }
         let taken = table.withLock { table -> Int in
             var restored: Set<Reader> = []
-            for pin in state.pins.sorted(by: { $0.pinnedAt < $1.pinnedAt }) {
+            // The newest pins, at most as many as the table holds.
+            for pin in state.pins.sorted(by: { $0.pinnedAt < $1.pinnedAt }).suffix(capacity) {
                 guard pin.reader.group > 0, let generation = rendered[pin.generation],
                     pin.pinnedAt.timeIntervalSince1970.isFinite, now.timeIntervalSince(pin.pinnedAt) < window
                 else { continue }
