@@ -164,10 +164,13 @@ struct HitlessStateTests {
             fake.read { ($0.tokenPuts, $0.roleListGets, $0.credentialGets, $0.tokenlessGets, $0.rejectedTokens) }
         }
         #expect(counts() == (1, 1, 1, 0, 0))
-        try Self.waitForCarriedState("the metadata token and role", supervisor: mount.supervisor) { state in
+        // A state pushed during the first fetch has the token but no credentials yet.
+        try Self.waitForCarriedState("generation 1, the metadata token and role", supervisor: mount.supervisor) {
+            state in
             let provider = state["provider"] as? [String: Any]
             let values = provider?["values"] as? [String: String] ?? [:]
-            return provider?["provider"] as? String == "ecs-ram-role" && values["token"] != nil
+            return (state["credentials"] as? [String: Any])?["generation"] as? Int == 1
+                && provider?["provider"] as? String == "ecs-ram-role" && values["token"] != nil
                 && values["role"] == "EcsRamRoleTest"
         }
 
