@@ -137,7 +137,7 @@ struct Mount: AsyncParsableCommand {
         let hitless = Hitless(logger: logger)
         let signals = Task {
             for await signal in trapped {
-                if signal == .sigusr2 {
+                if signal == .sigusr2 || (signal == .sigterm && SystemdRestart.during(logger)) {
                     await hitless.handOver()
                 } else if signal == .sighup {
                     logger.info("SIGHUP: refreshing now")

@@ -400,7 +400,8 @@ final class Supervisor {
         while let entry = environ[index] {
             let text = String(cString: entry)
             let key = text.split(separator: "=", maxSplits: 1).first.map(String.init) ?? ""
-            if environment[key] == nil, !key.hasPrefix("LISTEN_") { env.append(text) }
+            // The server is not a systemd service's main process, even when this is.
+            if environment[key] == nil, !key.hasPrefix("LISTEN_"), key != "INVOCATION_ID" { env.append(text) }
             index += 1
         }
         for (key, value) in environment { env.append("\(key)=\(value)") }
