@@ -120,8 +120,10 @@ final class Hitless: Sendable {
     /// Starts serving: the successor adopts the connection; the first server mounts and
     /// stores its connection once the kernel's INIT has arrived.
     func attach(_ fs: FuseFileSystem, refresher: Refresher, mountedAt: Date) throws {
-        let sender = StateSender(firstSequence: inherited?.stateSequence ?? 0) {
-            CarriedState.make(refresher: refresher, fs: fs, mountedAt: mountedAt, restarts: ServingProcess.restarts)
+        let sender = StateSender(firstSequence: inherited?.stateSequence ?? 0) { publishing in
+            CarriedState.make(
+                refresher: refresher, fs: fs, mountedAt: mountedAt, restarts: ServingProcess.restarts,
+                publishing: publishing)
         }
         let storing = FDStore.isAvailable
         if storing {
@@ -201,8 +203,14 @@ final class Hitless: Sendable {
         await action()
     }
 
-    /// A change the bridge does not see (a new generation): push it.
+    /// A change the bridge does not see: push it soon.
     func changed() {
         sender.withLock { $0 }?.changed()
+    }
+
+    /// A generation about to be served: in the store before any reader can see it, so a
+    /// successor never numbers other credentials with the same generation (and inodes).
+    func publishing(_ published: Published) {
+        sender.withLock { $0 }?.pushNow(publishing: published)
     }
 }

@@ -170,6 +170,7 @@ struct Mount: AsyncParsableCommand {
             provider: provider,
             policy: RefreshPolicy(refreshBefore: refreshBefore?.value),
             logger: Logger(label: "credfs.refresher"),
+            beforePublish: { published in hitless.publishing(published) },
             onPublish: { published in
                 // Requests parked for the first credentials are answered first: an entry
                 // invalidation would wait for a parked lookup.

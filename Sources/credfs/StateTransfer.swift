@@ -34,11 +34,13 @@ struct CarriedState: Codable {
             generation: c.generation, fetchedAt: Date(timeIntervalSince1970: c.fetchedAt))
     }
 
+    /// The state now; `publishing` is a generation about to be served (it replaces the
+    /// refresher's current one).
     static func make(
-        refresher: Refresher, fs: FuseFileSystem, mountedAt: Date, restarts: Int
+        refresher: Refresher, fs: FuseFileSystem, mountedAt: Date, restarts: Int, publishing: Published? = nil
     ) -> CarriedState {
         let machine = refresher.machine
-        let credentials = machine.published.map { p in
+        let credentials = (publishing ?? machine.published).map { p in
             CarriedCredentials(
                 accessKeyId: p.credentials.accessKeyId, accessKeySecret: p.credentials.accessKeySecret,
                 securityToken: p.credentials.securityToken,
@@ -62,7 +64,7 @@ struct CarriedState: Codable {
 /// milliseconds), a new sealed memfd named `state.N` goes in and `state.N-1` goes out, so a
 /// `kill -9` at any moment leaves at least one whole state behind.
 final class StateSender: Sendable {
-    private let build: @Sendable () -> CarriedState
+    private let build: @Sendable (Published?) -> CarriedState
     private struct Inner {
         var sequence: Int
         var scheduled = false
@@ -70,7 +72,7 @@ final class StateSender: Sendable {
     private let inner: Mutex<Inner>
     private let push = Mutex<Void>(())
 
-    init(firstSequence: Int, build: @escaping @Sendable () -> CarriedState) {
+    init(firstSequence: Int, build: @escaping @Sendable (Published?) -> CarriedState) {
         self.build = build
         inner = Mutex(Inner(sequence: firstSequence))
     }
@@ -89,11 +91,12 @@ final class StateSender: Sendable {
         }
     }
 
-    /// Pushes the state now; returns whether the store took it.
+    /// Pushes the state now (with `publishing` as the generation served, when given);
+    /// returns whether the store took it.
     @discardableResult
-    func pushNow() -> Bool {
+    func pushNow(publishing: Published? = nil) -> Bool {
         push.withLock { _ in
-            guard let bytes = build().encoded() else { return false }
+            guard let bytes = build(publishing).encoded() else { return false }
             let fd = MemoryFile.make(name: "credfs-state", bytes: bytes)
             guard fd >= 0 else { return false }
             defer { close(fd) }

@@ -70,6 +70,12 @@ final class Supervisor {
     var terminating = false
     var handingOver = false
     var quickDeaths = 0
+    /// Servers whose main thread is gone while the process cannot end: a thread of theirs
+    /// is held in the kernel (an entry invalidation waiting for a lookup that only a
+    /// successor can answer), so their pidfd never fires. Since when each was seen so.
+    var leaderGone: [pid_t: Double] = [:]
+    /// Such servers after they were counted as dead: reaped once they end.
+    var lingering: Set<pid_t> = []
     var pendingUpgrade: (binary: String, reply: Int32)?
 
     init(mountpoint: String, mountArguments: [String], readyFd: Int32) {
@@ -289,10 +295,16 @@ final class Supervisor {
         ]
         let children = [server, candidate].compactMap { $0 }
         for child in children { polls.append(pollfd(fd: child.pidfd, events: Int16(POLLIN), revents: 0)) }
-        let n = poll(&polls, nfds_t(polls.count), timeoutMs)
-        guard n > 0 else { return }
-        if polls[0].revents != 0 { drainSocket() }
-        if polls[1].revents != 0 {
+        // While a child lives, look at it now and then: a main thread that died is not
+        // reported by its pidfd while another of its threads is held in the kernel.
+        var timeout = timeoutMs
+        if !children.isEmpty || !lingering.isEmpty {
+            let check: Int32 = leaderGone.isEmpty ? 250 : 20
+            timeout = timeout < 0 ? check : min(timeout, check)
+        }
+        let n = poll(&polls, nfds_t(polls.count), timeout)
+        if n > 0, polls[0].revents != 0 { drainSocket() }
+        if n > 0, polls[1].revents != 0 {
             var byte: UInt8 = 0
             while read(signalRead, &byte, 1) == 1 {
                 if Int32(byte) == SIGTERM || Int32(byte) == SIGINT { terminating = true }
@@ -300,8 +312,42 @@ final class Supervisor {
         }
         for child in children {
             var status: Int32 = 0
-            if waitpid(child.pid, &status, WNOHANG) == child.pid { exits[child.pid] = status }
+            if waitpid(child.pid, &status, WNOHANG) == child.pid {
+                exits[child.pid] = status
+                leaderGone[child.pid] = nil
+            } else if Self.mainThreadGone(child.pid) {
+                let since = leaderGone[child.pid] ?? Self.now()
+                leaderGone[child.pid] = since
+                // A process that is merely exiting ends within this grace.
+                if Self.now() - since >= 0.1 {
+                    log(
+                        "the server's main thread is gone but the process cannot end (a thread is held in the kernel); counting it as dead"
+                    )
+                    exits[child.pid] = SIGKILL
+                    leaderGone[child.pid] = nil
+                    lingering.insert(child.pid)
+                }
+            }
         }
+        for pid in lingering {
+            var status: Int32 = 0
+            if waitpid(pid, &status, WNOHANG) == pid { lingering.remove(pid) }
+        }
+    }
+
+    /// Whether `pid`'s main thread has exited (`Z` in `/proc/PID/stat`) while the process
+    /// has not been reaped.
+    static func mainThreadGone(_ pid: pid_t) -> Bool {
+        let fd = open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 512)
+        let n = read(fd, &buffer, buffer.count)
+        guard n > 0 else { return false }
+        // "PID (COMM) STATE …": COMM may hold anything, so the state follows the last ')'.
+        let text = buffer.prefix(n)
+        guard let paren = text.lastIndex(of: UInt8(ascii: ")")), paren + 2 < text.endIndex else { return false }
+        return text[paren + 2] == UInt8(ascii: "Z")
     }
 
     func drainSocket() {
