@@ -40,20 +40,6 @@ public struct OIDCProvider: CredentialProvider {
         self.now = now
     }
 
-    /// The three variables the SDKs read, when all are set.
-    public static func fromEnvironment(
-        _ environment: [String: String], endpoint: String,
-        http: HTTPFetcher = HTTPFetcher(timeouts: .standard)
-    ) -> OIDCProvider? {
-        guard let role = environment["ALIBABA_CLOUD_ROLE_ARN"], !role.isEmpty,
-            let provider = environment["ALIBABA_CLOUD_OIDC_PROVIDER_ARN"], !provider.isEmpty,
-            let file = environment["ALIBABA_CLOUD_OIDC_TOKEN_FILE"], !file.isEmpty
-        else { return nil }
-        return OIDCProvider(
-            roleArn: role, oidcProviderArn: provider, tokenFile: file,
-            sessionName: environment["ALIBABA_CLOUD_ROLE_SESSION_NAME"], endpoint: endpoint, http: http)
-    }
-
     public func fetch() async throws -> Credentials {
         let token = try Self.readToken(tokenFile)
         lastToken.value.withLock { $0 = token }

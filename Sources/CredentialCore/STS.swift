@@ -12,17 +12,20 @@ import FoundationEssentials
 /// `$ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED=true`), else `sts.aliyuncs.com`; HTTPS unless the
 /// endpoint flag names a scheme (tests use `http://127.0.0.1:PORT`).
 public enum STSEndpoint {
-    public static func resolve(flag: String?, environment: [String: String]) -> String {
+    public static func resolve(flag: String?, environment: ProviderEnvironment) -> String {
         if let flag, !flag.isEmpty {
             var url = flag.contains("://") ? flag : "https://" + flag
             while url.hasSuffix("/") { url.removeLast() }
             return url
         }
-        if let region = environment["ALIBABA_CLOUD_STS_REGION"], !region.isEmpty {
-            let vpc = environment["ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED"]?.lowercased() == "true"
-            return "https://sts\(vpc ? "-vpc" : "").\(region).aliyuncs.com"
+        if let region = environment.stsRegion {
+            return "https://sts\(environment.vpcEndpointEnabled ? "-vpc" : "").\(region).aliyuncs.com"
         }
         return "https://sts.aliyuncs.com"
+    }
+
+    public static func resolve(flag: String?, environment: [String: String]) -> String {
+        resolve(flag: flag, environment: ProviderEnvironment(environment))
     }
 }
 
