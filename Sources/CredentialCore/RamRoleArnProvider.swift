@@ -63,7 +63,7 @@ public final class RamRoleArnProvider: CredentialProvider {
     /// The source's credentials: the ones its refresher holds, refreshed first only when
     /// it holds none that are valid or its own schedule says so.
     func signingCredentials() async throws(CredentialError) -> Credentials {
-        if source.serving() == nil || source.machine.isDue(at: Date()) {
+        if source.serving() == nil || source.machine.isDue(at: source.clock.now()) {
             await source.refresh()
         }
         if let held = source.serving() { return held.credentials }
