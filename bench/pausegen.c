@@ -12,13 +12,19 @@
  * First FLOOR_SECONDS with no takeover: the floor (p50, p99, max of single ops). Then
  * TAKEOVERS times: run COMMAND (`/bin/sh -c COMMAND`, waited for; it makes one takeover
  * and returns once the successor serves), then wait 1 to 2 s (uniform), then the next.
- * Takeover k owns the ops that END between its command's start and the next command's
- * start (the last one: its wait): a read blocked by takeover k ends after k began. Its
- * pause is the longest of those ops, in any reader.
+ * COMMAND `kill-9` is done here, with no process started: read the serving pid from
+ * MOUNTPOINT/status, SIGKILL it, read `status` until another pid answers (that read waits
+ * for the successor); its time is from the kill to that answer.
+ * Takeover k owns the ops that END between its command's start and the end of that wait:
+ * a read blocked by takeover k ends after k began. Its pause is the longest of those ops,
+ * in any reader. After each takeover's window comes a control window of the same length
+ * with no takeover: its longest op is the "pause" this machine gives a reader anyway, at
+ * that moment (load on a shared machine drifts; the pairs keep the comparison fair).
  *
  * Prints one line of key=value pairs on stdout:
  *   readers ops failed first_errno floor_ops floor_p50_us floor_p99_us floor_max_us
- *   pauses_us=a,b,...  (one per takeover)   command_ms=a,b,...   command_failures
+ *   pauses_us=a,b,...  (one per takeover)   controls_us=a,b,...  (one per control window)
+ *   command_ms=a,b,...   command_failures
  * Problems (the first few) on stderr. Exit 0 after a run (check the counts), 2 on bad usage.
  */
 #define _GNU_SOURCE
@@ -31,13 +37,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 extern char **environ;
 
-enum { BUF_SIZE = 1 << 16, MAX_READERS = 256, MAX_TAKEOVERS = 1000 };
+enum { BUF_SIZE = 1 << 16, MAX_READERS = 256, MAX_TAKEOVERS = 1000, MAX_WINDOWS = 2 * MAX_TAKEOVERS + 1 };
 
 static char credentials_path[4096];
 static char field_path[4096];
@@ -55,7 +62,7 @@ struct reader {
     int first_errno;
     double *floor_ns; /* every floor op */
     long nfloor, cap;
-    double max_ns[MAX_TAKEOVERS + 1];
+    double max_ns[MAX_WINDOWS];
 };
 
 static double now_ns(void) {
@@ -109,7 +116,7 @@ static void *reader_main(void *arg) {
             if (!r->first_errno) r->first_errno = err;
             problem(err == EINVAL ? "bad bytes" : "read failed", err == EINVAL ? 0 : err);
         }
-        if (w >= 0 && w <= ntakeovers && took > r->max_ns[w]) r->max_ns[w] = took;
+        if (w >= 0 && w < MAX_WINDOWS && took > r->max_ns[w]) r->max_ns[w] = took;
         if (w == 0) {
             if (r->nfloor == r->cap) {
                 long cap = r->cap ? r->cap * 2 : 65536;
@@ -148,6 +155,36 @@ static int run_command(const char *command) {
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
+/* The "pid" of MOUNTPOINT/status (credfs: `  "pid": N,` on a line of its own), or -1. */
+static long status_pid(const char *status_path) {
+    char buf[8192];
+    int fd = open(status_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t total = 0, n;
+    while (total < (ssize_t)sizeof buf - 1 && (n = read(fd, buf + total, sizeof buf - 1 - total)) > 0) total += n;
+    close(fd);
+    buf[total > 0 ? total : 0] = 0;
+    const char *at = strstr(buf, "\"pid\": ");
+    return at ? strtol(at + 7, NULL, 10) : -1;
+}
+
+/* kill -9 of the serving process; 0 once another pid answers `status` (within 30 s). */
+static int kill_and_wait(const char *status_path, double *took_ms) {
+    long old = status_pid(status_path);
+    if (old <= 0) return 1;
+    double t0 = now_ns();
+    if (kill((pid_t)old, SIGKILL) != 0) return 2;
+    while (now_ns() - t0 < 30e9) {
+        long now = status_pid(status_path);
+        if (now > 0 && now != old) {
+            *took_ms = (now_ns() - t0) / 1e6;
+            return 0;
+        }
+        sleep_ns(1e6);
+    }
+    return 3;
+}
+
 int main(int argc, char **argv) {
     if (argc != 6) {
         fprintf(stderr, "usage: pausegen MOUNTPOINT READERS FLOOR_SECONDS TAKEOVERS COMMAND\n");
@@ -165,6 +202,8 @@ int main(int argc, char **argv) {
     }
     snprintf(credentials_path, sizeof credentials_path, "%s/credentials", argv[1]);
     snprintf(field_path, sizeof field_path, "%s/access_key_id", argv[1]);
+    char status_path[4096];
+    snprintf(status_path, sizeof status_path, "%s/status", argv[1]);
     srand((unsigned)getpid());
 
     struct reader *readers = calloc((size_t)nreaders, sizeof *readers);
@@ -180,15 +219,24 @@ int main(int argc, char **argv) {
     sleep_ns(floor_seconds * 1e9);
     int command_failures = 0;
     for (int k = 1; k <= ntakeovers; k++) {
-        atomic_store(&window, k);
+        atomic_store(&window, 2 * k - 1);
         double t0 = now_ns();
-        int rc = run_command(command);
-        command_ms[k] = (now_ns() - t0) / 1e6;
+        int rc;
+        if (strcmp(command, "kill-9") == 0) {
+            rc = kill_and_wait(status_path, &command_ms[k]);
+        } else {
+            rc = run_command(command);
+            command_ms[k] = (now_ns() - t0) / 1e6;
+        }
         if (rc != 0) {
             command_failures++;
             fprintf(stderr, "pausegen: takeover %d: command exited %d\n", k, rc);
         }
         sleep_ns(1e9 + (double)(rand() % 1000) * 1e6);
+        /* The control: as long as the takeover's window, with no takeover. */
+        double length = now_ns() - t0;
+        atomic_store(&window, 2 * k);
+        sleep_ns(length);
     }
     atomic_store(&running, 0);
 
@@ -212,14 +260,18 @@ int main(int argc, char **argv) {
     double p50 = n ? all[n / 2] : 0, p99 = n ? all[(n * 99) / 100] : 0, pmax = n ? all[n - 1] : 0;
 
     printf("readers=%d ops=%ld failed=%ld first_errno=%d floor_ops=%ld floor_p50_us=%.1f floor_p99_us=%.1f "
-           "floor_max_us=%.1f pauses_us=",
+           "floor_max_us=%.1f",
            nreaders, ops, failed, first_errno, nfloor, p50 / 1e3, p99 / 1e3, pmax / 1e3);
-    for (int k = 1; k <= ntakeovers; k++) {
-        double m = 0;
-        for (int i = 0; i < nreaders; i++) {
-            if (readers[i].max_ns[k] > m) m = readers[i].max_ns[k];
+    for (int control = 0; control <= 1; control++) {
+        printf(control ? " controls_us=" : " pauses_us=");
+        for (int k = 1; k <= ntakeovers; k++) {
+            int w = 2 * k - 1 + control;
+            double m = 0;
+            for (int i = 0; i < nreaders; i++) {
+                if (readers[i].max_ns[w] > m) m = readers[i].max_ns[w];
+            }
+            printf("%s%.1f", k > 1 ? "," : "", m / 1e3);
         }
-        printf("%s%.1f", k > 1 ? "," : "", m / 1e3);
     }
     printf(" command_ms=");
     for (int k = 1; k <= ntakeovers; k++) printf("%s%.1f", k > 1 ? "," : "", command_ms[k]);
