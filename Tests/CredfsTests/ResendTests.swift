@@ -1,3 +1,4 @@
+import CFuse3
 import Foundation
 import Synchronization
 import Testing
@@ -208,6 +209,46 @@ struct ResendTests {
             throw error
         }
         await t.tearDown()
+    }
+
+    /// An upgrade while opens wait for the first credentials: the old server hands over
+    /// without answering them (no EIO), the successor's RESEND brings them back, and they get
+    /// the credentials once the upstream answers.
+    @Test(.enabled(if: kernelHasResend, "FUSE_NOTIFY_RESEND needs Linux 6.9+"))
+    func anUpgradeLeavesParkedOpensToTheSuccessor() async throws {
+        let upstream = FakeCredentialServer()
+        upstream.setBehaviour(.hang)
+        try await upstream.start()
+        let mount = try HitlessTests.Supervised(
+            ["--provider", "uri", "--uri", upstream.url, "--initial-wait", "1h"],
+            environment: Host.hermeticEnvironment)
+        var readers: [Reader] = []
+        defer {
+            for reader in readers {
+                kill(reader.pid, SIGKILL)
+                _ = reader.reap()
+            }
+            try? mount.stop()
+        }
+        for name in ["A", "B", "C"] {
+            readers.append(
+                try Reader(name, ["/bin/cat", mount.path("credentials")], output: mount.dir.path + "/" + name))
+        }
+        try waitUntil("three opens parked in the server", timeout: 10) {
+            (try? mount.status()["parkedRequests"] as? Int) == 3
+        }
+        let old = try mount.serverPID()
+        upstream.setBehaviour(.serve)
+        let result = try runCredfs(["upgrade", mount.mountpoint, "--binary", Binary.credfs])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(try mount.serverPID() != old)
+        try waitUntil("the parked readers to finish", timeout: 15) { readers.allSatisfy { !isAlive($0.pid) } }
+        for reader in readers {
+            let status = reader.reap()
+            #expect(status == 0, "\(reader.name): wait status \(status.map(String.init) ?? "?"): \(reader.text)")
+            #expect(reader.text.contains(FakeCredentialServer.accessKeyId(1)), "\(reader.name): \(reader.text)")
+        }
+        await upstream.stop()
     }
 
     /// Without RESEND: the parked readers stay blocked while the successor answers new
