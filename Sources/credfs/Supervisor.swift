@@ -3,6 +3,7 @@ import CFuse3
 import FoundationEssentials
 import FuseBridge
 import Glibc
+import Posix
 
 /// `credfs supervise` (hidden): what `credfs mount` without `-f` runs. It starts the server
 /// (`credfs mount -f`), keeps the descriptors the server stores (the `/dev/fuse` connection,
@@ -425,7 +426,7 @@ final class Supervisor {
             environment: environment, listen: !store.isEmpty)
     }
 
-    /// posix_spawn of `binary` with `fds` at 3, 4, …; with `listen`, through `/bin/sh` so
+    /// Starts `binary` with `fds` at 3, 4, …; with `listen`, through `/bin/sh` so
     /// that `LISTEN_PID` is the server's own pid (`exec` keeps it).
     func spawn(_ binary: String, _ argv: [String], fds: [Int32], environment: [String: String], listen: Bool)
         -> Child?
@@ -434,13 +435,6 @@ final class Supervisor {
         let high = fds.map { fcntl($0, F_DUPFD_CLOEXEC, 100) }
         defer { high.forEach { if $0 >= 0 { close($0) } } }
         guard !high.contains(where: { $0 < 0 }) else { return nil }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        for (i, fd) in high.enumerated() { posix_spawn_file_actions_adddup2(&actions, fd, Int32(3 + i)) }
-
         var env: [String] = []
         var index = 0
         while let entry = environ[index] {
@@ -461,30 +455,17 @@ final class Supervisor {
             path = binary
             args = argv
         }
-        var cArgs = args.map { strdup($0) } + [nil]
-        var cEnv = env.map { strdup($0) } + [nil]
-        defer {
-            cArgs.forEach { free($0) }
-            cEnv.forEach { free($0) }
-        }
-        // Children start with no signal blocked and the default handlers.
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for sig in [SIGTERM, SIGINT, SIGHUP, SIGUSR2] { sigaddset(&defaults, sig) }
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        let setSigmask: Int16 = 0x08  // POSIX_SPAWN_SETSIGMASK (glibc)
-        let setSigdef: Int16 = 0x04  // POSIX_SPAWN_SETSIGDEF (glibc)
-        posix_spawnattr_setflags(&attributes, setSigmask | setSigdef)
-        var pid = pid_t()
-        let result = posix_spawn(&pid, path, &actions, &attributes, &cArgs, &cEnv)
-        guard result == 0 else {
-            errno = result
+        // The one way credfs starts a process: no signal blocked, default handlers.
+        var spawn = Spawn(executable: path, arguments: args)
+        spawn.environment = env
+        spawn.stdin = .null
+        spawn.stdout = .null
+        spawn.descriptors = high.enumerated().map { (child: Int32(3 + $0.offset), parent: $0.element) }
+        let pid: pid_t
+        switch spawn.start() {
+        case .success(let child): pid = child
+        case .failure(let error):
+            errno = error.code
             return nil
         }
         let pidfd = credfs_pidfd_open(pid)
