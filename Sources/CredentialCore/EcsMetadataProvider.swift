@@ -38,7 +38,8 @@ public final class EcsMetadataProvider: CredentialProvider {
 
     /// - Parameters:
     ///   - endpoint: the metadata service's base URL (`http://100.100.100.200`).
-    ///   - role: the role name (`--role` or `$ALIBABA_CLOUD_ECS_METADATA`); nil to discover it.
+    ///   - role: the role name (`--role` or `$ALIBABA_CLOUD_ECS_METADATA`, resolved by
+    ///     ``ProviderConfiguration``); nil to discover it.
     ///   - imdsV1Disabled: refuse to ask without a metadata token.
     public init(
         endpoint: String = "http://100.100.100.200", role: String? = nil, imdsV1Disabled: Bool = false,
@@ -55,16 +56,6 @@ public final class EcsMetadataProvider: CredentialProvider {
         self.http = http.direct()
         self.now = now
         self.logger = logger
-    }
-
-    /// The configuration the environment gives: role from `ALIBABA_CLOUD_ECS_METADATA`,
-    /// IMDSv1 refused when `ALIBABA_CLOUD_IMDSV1_DISABLED=true`.
-    public static func environmentRole(_ environment: [String: String]) -> String? {
-        environment["ALIBABA_CLOUD_ECS_METADATA"].flatMap { $0.isEmpty ? nil : $0 }
-    }
-
-    public static func v1Disabled(_ environment: [String: String]) -> Bool {
-        environment["ALIBABA_CLOUD_IMDSV1_DISABLED"]?.lowercased() == "true"
     }
 
     public func fetch() async throws -> Credentials {

@@ -80,7 +80,7 @@ public struct ProcessProvider: CredentialProvider {
         var kept = ["PATH": from["PATH"] ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
         for (key, value) in from {
             let proxy = ["http_proxy", "https_proxy", "no_proxy"].contains(key.lowercased())
-            if ["HOME", "LANG", "LC_ALL", "TZ"].contains(key) || proxy || key.hasPrefix("ALIBABA_CLOUD_")
+            if ["HOME", "LANG", "LC_ALL", "TZ"].contains(key) || proxy || key.hasPrefix(CloudVariable.prefix)
                 || key.hasPrefix("ALIYUN_")
             {
                 kept[key] = value

@@ -19,31 +19,25 @@ public struct URIProvider: CredentialProvider {
     }
 }
 
-/// `env`: the `ALIBABA_CLOUD_ACCESS_KEY_ID` family of variables, read once per fetch.
+/// `env`: the `ALIBABA_CLOUD_ACCESS_KEY_ID` family of variables, read once per fetch
+/// (through ``ProviderEnvironment/accessKey(now:)``).
 public struct EnvironmentProvider: CredentialProvider {
     public let name = "env"
-    let environment: [String: String]
+    let environment: ProviderEnvironment
 
-    public init(environment: [String: String] = ProcessInfo.processInfo.environment) {
+    public init(_ environment: ProviderEnvironment = ProviderEnvironment()) {
         self.environment = environment
     }
 
-    /// True when the two required variables are set (the `auto` chain's test).
-    public var isAvailable: Bool {
-        !(environment["ALIBABA_CLOUD_ACCESS_KEY_ID"] ?? "").isEmpty
-            && !(environment["ALIBABA_CLOUD_ACCESS_KEY_SECRET"] ?? "").isEmpty
+    public init(environment: [String: String]) {
+        self.init(ProviderEnvironment(environment))
     }
 
+    /// True when the two required variables are set (the `auto` chain's test).
+    public var isAvailable: Bool { environment.hasAccessKey }
+
     public func fetch() async throws -> Credentials {
-        guard isAvailable else {
-            throw CredentialError(
-                "ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET must both be set")
-        }
-        return try AnswerParser.validate(
-            accessKeyId: environment["ALIBABA_CLOUD_ACCESS_KEY_ID"],
-            accessKeySecret: environment["ALIBABA_CLOUD_ACCESS_KEY_SECRET"],
-            securityToken: environment["ALIBABA_CLOUD_SECURITY_TOKEN"], expiration: nil,
-            tokenRequired: false, now: Date())
+        try environment.accessKey(now: Date())
     }
 }
 
@@ -86,7 +80,9 @@ public struct DemoProvider: CredentialProvider {
 /// `auto:<source>` so the log and `status` say which it is. Until one delivers, each fetch
 /// walks the chain again, and the error names what was tried.
 public final class AutoProvider: CredentialProvider {
-    let environment: [String: String]
+    let environment: ProviderEnvironment
+    /// `env` comes first when its pair is set.
+    let accessKey: Bool
     let ecs: EcsMetadataProvider?
     let oidc: OIDCProvider?
     let uri: URIProvider?
@@ -95,30 +91,43 @@ public final class AutoProvider: CredentialProvider {
 
     public var name: String { chosen.withLock { $0.map { "auto:" + $0.name } } ?? "auto" }
 
+    /// The chain ``ProviderConfiguration`` resolved; `environment` is what `env` reads.
     public init(
-        environment: [String: String] = ProcessInfo.processInfo.environment,
-        imdsEndpoint: String = "http://100.100.100.200", role: String? = nil,
-        stsEndpoint: String? = nil,
+        chain: AutoChain, environment: ProviderEnvironment,
         http: HTTPFetcher = HTTPFetcher(timeouts: .standard),
         metadataHTTP: HTTPFetcher = HTTPFetcher(timeouts: .metadata, proxy: .never),
         logger: Logger = Logger(label: "credfs.auto")
     ) {
         self.environment = environment
+        self.accessKey = chain.accessKey
         self.logger = logger
-        let endpoint = STSEndpoint.resolve(flag: stsEndpoint, environment: environment)
-        oidc = OIDCProvider.fromEnvironment(environment, endpoint: endpoint, http: http)
-        if environment["ALIBABA_CLOUD_ECS_METADATA_DISABLED"]?.lowercased() == "true" {
-            ecs = nil
-        } else {
-            ecs = EcsMetadataProvider(
-                endpoint: imdsEndpoint, role: role ?? EcsMetadataProvider.environmentRole(environment),
-                imdsV1Disabled: EcsMetadataProvider.v1Disabled(environment), http: metadataHTTP)
+        oidc = chain.oidc.map {
+            OIDCProvider(
+                roleArn: $0.roleArn, oidcProviderArn: $0.oidcProviderArn, tokenFile: $0.tokenFile,
+                sessionName: $0.sessionName, durationSeconds: $0.durationSeconds, policy: $0.policy,
+                endpoint: $0.endpoint, http: http)
         }
-        if let url = environment["ALIBABA_CLOUD_CREDENTIALS_URI"], !url.isEmpty {
-            uri = URIProvider(url: url, http: http)
-        } else {
-            uri = nil
+        ecs = chain.ecs.map {
+            EcsMetadataProvider(
+                endpoint: $0.endpoint, role: $0.role, imdsV1Disabled: $0.imdsV1Disabled, http: metadataHTTP)
         }
+        uri = chain.uri.map { URIProvider(url: $0, http: http) }
+    }
+
+    /// The chain `environment` gives (``ProviderConfiguration/autoChain(_:imdsEndpoint:role:stsEndpoint:)``).
+    public convenience init(
+        environment: [String: String] = ProcessInfo.processInfo.environment,
+        imdsEndpoint: String = ProviderFlags.defaultIMDSEndpoint, role: String? = nil,
+        stsEndpoint: String? = nil,
+        http: HTTPFetcher = HTTPFetcher(timeouts: .standard),
+        metadataHTTP: HTTPFetcher = HTTPFetcher(timeouts: .metadata, proxy: .never),
+        logger: Logger = Logger(label: "credfs.auto")
+    ) {
+        let environment = ProviderEnvironment(environment)
+        self.init(
+            chain: ProviderConfiguration.autoChain(
+                environment, imdsEndpoint: imdsEndpoint, role: role, stsEndpoint: stsEndpoint),
+            environment: environment, http: http, metadataHTTP: metadataHTTP, logger: logger)
     }
 
     public var secrets: [String] { choice?.secrets ?? oidc?.secrets ?? [] }
@@ -128,12 +137,11 @@ public final class AutoProvider: CredentialProvider {
 
     public func fetch() async throws -> Credentials {
         if let kept = choice { return try await attempt(kept) }
-        let env = EnvironmentProvider(environment: environment)
-        if env.isAvailable { return try await choose(env) }
+        if accessKey { return try await choose(EnvironmentProvider(environment)) }
         if let oidc { return try await choose(oidc) }
         var tried = [
-            "env (ALIBABA_CLOUD_ACCESS_KEY_ID unset)",
-            "oidc-role-arn (ALIBABA_CLOUD_ROLE_ARN, ALIBABA_CLOUD_OIDC_PROVIDER_ARN, ALIBABA_CLOUD_OIDC_TOKEN_FILE not all set)",
+            "env (\(CloudVariable.accessKeyId) unset)",
+            "oidc-role-arn (\(CloudVariable.roleArn), \(CloudVariable.oidcProviderArn), \(CloudVariable.oidcTokenFile) not all set)",
         ]
         if let ecs {
             do {
@@ -144,7 +152,7 @@ public final class AutoProvider: CredentialProvider {
                 tried.append("ecs-ram-role (\(error.message))")
             }
         } else {
-            tried.append("ecs-ram-role (ALIBABA_CLOUD_ECS_METADATA_DISABLED=true)")
+            tried.append("ecs-ram-role (\(CloudVariable.ecsMetadataDisabled)=true)")
         }
         if let uri {
             do {
@@ -155,7 +163,7 @@ public final class AutoProvider: CredentialProvider {
                 tried.append("uri (\(error.message))")
             }
         } else {
-            tried.append("uri (ALIBABA_CLOUD_CREDENTIALS_URI unset)")
+            tried.append("uri (\(CloudVariable.credentialsURI) unset)")
         }
         throw CredentialError("no credential source found: tried " + tried.joined(separator: ", "))
     }

@@ -1,56 +1,5 @@
-import CCurl
 import FoundationEssentials
 import Logging
-
-/// Alibaba Cloud's RPC-style request signature, version 1.0 (HMAC-SHA1):
-///
-/// 1. the canonicalized query: every parameter but `Signature`, sorted by name (byte
-///    order), each `percentEncode(name)=percentEncode(value)`, joined with `&`;
-/// 2. the string to sign: `GET&%2F&` + percentEncode(canonicalized query);
-/// 3. the signature: base64(HMAC-SHA1(key: AccessKeySecret + "&", string to sign)),
-///    sent as one more query parameter, `Signature`.
-///
-/// Percent-encoding is RFC 3986's (``STSAnswer/percentEncode(_:)``): unreserved characters
-/// stay, everything else is `%XX`, a space is `%20`, `*` is `%2A`, `~` stays.
-public enum RPCSignature {
-    public static func canonicalizedQuery(_ parameters: [(String, String)]) -> String {
-        parameters
-            .filter { $0.0 != "Signature" }
-            .sorted { Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8)) }
-            .map { STSAnswer.percentEncode($0.0) + "=" + STSAnswer.percentEncode($0.1) }
-            .joined(separator: "&")
-    }
-
-    public static func stringToSign(method: String = "GET", canonicalizedQuery: String) -> String {
-        method + "&" + STSAnswer.percentEncode("/") + "&" + STSAnswer.percentEncode(canonicalizedQuery)
-    }
-
-    /// base64(HMAC-SHA1(secret + "&", text)).
-    public static func signature(of text: String, secret: String) -> String {
-        let key = Array((secret + "&").utf8)
-        let message = Array(text.utf8)
-        var code = [UInt8](repeating: 0, count: 20)
-        // HMAC-SHA1 cannot fail for in-memory inputs; a key beyond Int32 cannot come from STS.
-        let done =
-            key.count <= Int(Int32.max)
-            && code.withUnsafeMutableBufferPointer { out in
-                credfs_hmac_sha1(key, Int32(key.count), message, message.count, out.baseAddress) == 1
-            }
-        return done ? Data(code).base64EncodedString() : ""
-    }
-
-    /// The signature of `parameters` for a GET.
-    public static func sign(_ parameters: [(String, String)], secret: String) -> String {
-        signature(of: stringToSign(canonicalizedQuery: canonicalizedQuery(parameters)), secret: secret)
-    }
-
-    /// The whole query string of a signed GET: the canonicalized query, then `&Signature=…`.
-    public static func signedQuery(_ parameters: [(String, String)], secret: String) -> String {
-        let canonical = canonicalizedQuery(parameters)
-        let signature = signature(of: stringToSign(canonicalizedQuery: canonical), secret: secret)
-        return canonical + "&Signature=" + STSAnswer.percentEncode(signature)
-    }
-}
 
 /// `ram-role-arn`: STS AssumeRole, a signed RPC GET (``RPCSignature``), signed with the
 /// credentials of a source provider (`env`, `ecs-ram-role`, `uri`, `process`,
@@ -114,7 +63,7 @@ public final class RamRoleArnProvider: CredentialProvider {
     /// The source's credentials: the ones its refresher holds, refreshed first only when
     /// it holds none that are valid or its own schedule says so.
     func signingCredentials() async throws(CredentialError) -> Credentials {
-        if source.serving() == nil || source.machine.isDue(at: Date()) {
+        if source.serving() == nil || source.machine.isDue(at: source.clock.now()) {
             await source.refresh()
         }
         if let held = source.serving() { return held.credentials }

@@ -14,8 +14,8 @@ public enum Redact {
         let known = Set(secrets.filter { $0.utf8.count >= minimumSecret })
             .sorted { $0.utf8.count > $1.utf8.count }
         for secret in known {
-            let once = percentEncode(secret)
-            for form in [secret, once, percentEncode(once)] {
+            let once = STSAnswer.percentEncode(secret)
+            for form in [secret, once, STSAnswer.percentEncode(once)] {
                 out = out.replacing(form, with: "(redacted)")
             }
             if secret.utf8.count > 8 {
@@ -49,23 +49,6 @@ public enum Redact {
             }
         }
         return out
-    }
-
-    /// RFC 3986 percent-encoding (unreserved characters stay).
-    public static func percentEncode(_ text: String) -> String {
-        let hex = Array("0123456789ABCDEF".utf8)
-        var out: [UInt8] = []
-        for byte in text.utf8 {
-            switch byte {
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
-                UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "_"),
-                UInt8(ascii: "."), UInt8(ascii: "~"):
-                out.append(byte)
-            default:
-                out += [UInt8(ascii: "%"), hex[Int(byte >> 4)], hex[Int(byte & 0xF)]]
-            }
-        }
-        return String(decoding: out, as: UTF8.self)
     }
 }
 

@@ -51,6 +51,10 @@ public final class Refresher: Sendable {
     /// Called after each new generation is published, from the refresher's own task (never
     /// from a reader), so it may notify the kernel.
     let onPublish: @Sendable (Published) -> Void
+    /// Called with a new generation just before anyone can be served it, from the
+    /// refresher's own task: what must know a generation before readers do (the takeover
+    /// state) is told here.
+    let beforePublish: @Sendable (Published) -> Void
     /// Called when the credentials held expire without a replacement (from the refresh loop).
     let onExpire: @Sendable () -> Void
     /// Called after each failed refresh with its error and the count of failures in a row.
@@ -71,6 +75,7 @@ public final class Refresher: Sendable {
         clock: any RefreshClock = SystemRefreshClock(),
         random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) },
         logger: Logger = Logger(label: "credfs.refresher"),
+        beforePublish: @escaping @Sendable (Published) -> Void = { _ in },
         onPublish: @escaping @Sendable (Published) -> Void = { _ in },
         onExpire: @escaping @Sendable () -> Void = {},
         onFailure: @escaping @Sendable (String, Int) -> Void = { _, _ in }
@@ -82,6 +87,7 @@ public final class Refresher: Sendable {
         self.random = random
         self.logger = logger
         self.onPublish = onPublish
+        self.beforePublish = beforePublish
         self.inner = Mutex(Inner(machine: RefreshMachine(policy: policy, now: clock.now())))
     }
 
@@ -177,6 +183,13 @@ public final class Refresher: Sendable {
         observeClock(probe, at: now)
         switch result {
         case .success(let credentials):
+            // The same step on a copy first: a new generation is announced before it is served.
+            let upcoming = inner.withLock { inner -> Published? in
+                var copy = inner.machine
+                guard case .rotated = copy.succeeded(credentials, at: now, jitter: jitter) else { return nil }
+                return copy.published
+            }
+            if let upcoming { beforePublish(upcoming) }
             let (outcome, published) = inner.withLock { inner in
                 let outcome = inner.machine.succeeded(credentials, at: now, jitter: jitter)
                 if case .rotated = outcome { inner.loggedExpiry = false }

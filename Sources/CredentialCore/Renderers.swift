@@ -120,11 +120,11 @@ extension Render {
             "'" + s.replacing("'", with: "'\\''") + "'"
         }
         var lines = [
-            "export ALIBABA_CLOUD_ACCESS_KEY_ID=\(quoted(c.accessKeyId))",
-            "export ALIBABA_CLOUD_ACCESS_KEY_SECRET=\(quoted(c.accessKeySecret))",
+            "export \(CloudVariable.accessKeyId)=\(quoted(c.accessKeyId))",
+            "export \(CloudVariable.accessKeySecret)=\(quoted(c.accessKeySecret))",
         ]
         if let token = c.securityToken {
-            lines.append("export ALIBABA_CLOUD_SECURITY_TOKEN=\(quoted(token))")
+            lines.append("export \(CloudVariable.securityToken)=\(quoted(token))")
         }
         return Array((lines.joined(separator: "\n") + "\n").utf8)
     }

@@ -9,26 +9,6 @@ public enum Text {
         return String(text[first...last])
     }
 
-    /// `%XX` with upper-case hex digits.
-    public static func percentByte(_ byte: UInt8) -> String {
-        let digits = Array("0123456789ABCDEF")
-        return "%" + String(digits[Int(byte >> 4)]) + String(digits[Int(byte & 0x0F)])
-    }
-
-    /// RFC 3986 percent-encoding: unreserved characters (`A-Z a-z 0-9 - _ . ~`) stay,
-    /// every other byte of the UTF-8 is `%XX`.
-    public static func percentEncoded(_ text: String) -> String {
-        var out = ""
-        for byte in text.utf8 {
-            switch byte {
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
-                UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "_"),
-                UInt8(ascii: "."), UInt8(ascii: "~"):
-                out.unicodeScalars.append(UnicodeScalar(byte))
-            default:
-                out += percentByte(byte)
-            }
-        }
-        return out
-    }
+    /// RFC 3986 percent-encoding: ``STSAnswer/percentEncode(_:)``.
+    public static func percentEncoded(_ text: String) -> String { STSAnswer.percentEncode(text) }
 }

@@ -74,6 +74,9 @@ public final class FuseFileSystem: Sendable {
     struct State: @unchecked Sendable {
         var session: OpaquePointer?
         var detached = false
+        /// Ending for a successor: parked requests stay unanswered, and the successor's
+        /// RESEND gives them to it.
+        var handingOver = false
         var running = false
         var waiters: [CheckedContinuation<Void, Never>] = []
     }
@@ -236,7 +239,8 @@ public final class FuseFileSystem: Sendable {
     }
 
     private func loopEnded() {
-        answerParked(parking.stop(), errno: EIO)
+        let parked = parking.stop()
+        if !state.withLock({ $0.handingOver }) { answerParked(parked, errno: EIO) }
         let resume = state.withLock { s -> [CheckedContinuation<Void, Never>] in
             s.running = false
             if !s.detached, let se = s.session { fuse_session_unmount(se) }

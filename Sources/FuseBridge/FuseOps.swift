@@ -224,7 +224,9 @@ enum FuseOps {
         _ req: fuse_req_t, fs: FuseFileSystem, inode: UInt64, info: inout fuse_file_info, caller: Caller,
         deadline: ContinuousClock.Instant?
     ) {
-        let node = inode >= VersionTable.firstInode ? fs.versions.node(inode) : nil
+        // A current-version inode a predecessor gave out after its last state push is known by
+        // its number alone (numbers are computed from file and version).
+        let node = inode >= VersionTable.firstInode ? fs.versions.node(inode) ?? fs.currentNode(inode) : nil
         let index = node?.fileIndex ?? fs.tree.fileIndex(at: inode)
         guard let index else {
             _ = fuse_reply_err(req, inode >= VersionTable.firstInode ? ESTALE : ENOENT)

@@ -89,7 +89,10 @@ extension FuseFileSystem {
     /// read are answered, then ``waitUntilStopped()`` returns. Requests the kernel still
     /// queues wait for the successor.
     public func handOver() async {
-        state.withLock { $0.detached = true }
+        state.withLock {
+            $0.detached = true
+            $0.handingOver = true
+        }
         sessionIO?.stop()
         await waitUntilStopped()
     }

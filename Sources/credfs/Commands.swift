@@ -45,11 +45,18 @@ struct Get: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Fetch credentials once and print them (no mount).")
 
-    enum Field: String, ExpressibleByArgument, CaseIterable {
-        case credentials
-        case accessKeyId = "access_key_id"
-        case accessKeySecret = "access_key_secret"
-        case token, expiration
+    /// `--field`: one of the mount's files, those that hold credentials alone (the
+    /// credentials file and the one-field files), named as the mount names them.
+    struct Field: ExpressibleByArgument {
+        let view: CredentialView
+        static let views = CredentialView.allCases.filter { $0 == .credentials || $0.isField }
+
+        init?(argument: String) {
+            guard let view = CredentialView(rawValue: argument), Self.views.contains(view) else { return nil }
+            self.view = view
+        }
+
+        static var allValueStrings: [String] { views.map(\.rawValue) }
     }
 
     enum Format: String, ExpressibleByArgument, CaseIterable {
@@ -58,7 +65,7 @@ struct Get: AsyncParsableCommand {
 
     @OptionGroup var source: ProviderOptions
 
-    @Option(help: "Print one field: \(Field.allCases.map(\.rawValue).joined(separator: ", ")).")
+    @Option(help: "Print one field: \(Field.allValueStrings.joined(separator: ", ")).")
     var field: Field?
 
     @Option(
@@ -74,20 +81,18 @@ struct Get: AsyncParsableCommand {
         }
         let views = CredentialViews(credentials)
         let bytes: [UInt8]?
-        switch field {
-        case .credentials: bytes = views.credentials
-        case .accessKeyId: bytes = views.accessKeyId
-        case .accessKeySecret: bytes = views.accessKeySecret
-        case .token: bytes = views.token
-        case .expiration: bytes = views.expiration
-        case nil:
+        if let field {
+            bytes = views.bytes(of: field.view)
+        } else {
             switch format {
             case .json: bytes = views.credentials
             case .env: bytes = Render.envFile(credentials)
             case .process: bytes = Render.processOutput(credentials)
             }
         }
-        guard let bytes else { throw Failure(message: "the credentials have no \(field?.rawValue ?? "such field")") }
+        guard let bytes else {
+            throw Failure(message: "the credentials have no \(field?.view.rawValue ?? "such field")")
+        }
         Output.standardOutput(bytes)
     }
 }

@@ -17,7 +17,7 @@ struct Doctor: AsyncParsableCommand {
     var user: String?
 
     @Option(help: "ECS metadata service to probe (as the provider's --imds-endpoint).")
-    var imdsEndpoint: String = "http://100.100.100.200"
+    var imdsEndpoint: String = ProviderFlags.defaultIMDSEndpoint
 
     @Flag(help: "Print the checks as one JSON object.")
     var json = false
@@ -174,9 +174,8 @@ struct Doctor: AsyncParsableCommand {
     }
 
     static func accessKeyVariableCheck(_ environment: [String: String]) -> Check {
-        let set = ["ALIBABA_CLOUD_ACCESS_KEY_ID", "ALIBABA_CLOUD_ACCESS_KEY_SECRET"].filter {
-            !(environment[$0] ?? "").isEmpty
-        }
+        let variables = ProviderEnvironment(environment)
+        let set = [CloudVariable.accessKeyId, CloudVariable.accessKeySecret].filter { variables.value($0) != nil }
         guard set.isEmpty else {
             return .fail(
                 "environment",
@@ -187,16 +186,17 @@ struct Doctor: AsyncParsableCommand {
     }
 
     static func metadataCheck(_ environment: [String: String], endpoint: String) async -> Check {
-        if environment["ALIBABA_CLOUD_ECS_METADATA_DISABLED"]?.lowercased() == "true" {
-            return .pass("metadata", "ALIBABA_CLOUD_ECS_METADATA_DISABLED is true: SDKs skip the node role")
+        let disabled = CloudVariable.ecsMetadataDisabled
+        if ProviderEnvironment(environment).ecsMetadataDisabled {
+            return .pass("metadata", "\(disabled) is true: SDKs skip the node role")
         }
         guard await MetadataProbe.answers(endpoint: endpoint) else {
             return .pass("metadata", "no metadata service answers within 1 s")
         }
         return .fail(
             "metadata",
-            "the ECS metadata service answers and ALIBABA_CLOUD_ECS_METADATA_DISABLED is not true: SDKs pick the node's role before a credentials URI",
-            fix: "export ALIBABA_CLOUD_ECS_METADATA_DISABLED=true in the workload's environment")
+            "the ECS metadata service answers and \(disabled) is not true: SDKs pick the node's role before a credentials URI",
+            fix: "export \(disabled)=true in the workload's environment")
     }
 
     static func namespaceCheck(_ path: String) -> Check {

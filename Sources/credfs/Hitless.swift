@@ -127,9 +127,10 @@ final class Hitless: Sendable {
     /// Starts serving: the successor adopts the connection; the first server mounts and
     /// stores its connection once the kernel's INIT has arrived.
     func attach(_ fs: FuseFileSystem, refresher: Refresher, views: CredentialViewSource, mountedAt: Date) throws {
-        let sender = StateSender(firstSequence: inherited?.stateSequence ?? 0) {
+        let sender = StateSender(firstSequence: inherited?.stateSequence ?? 0) { publishing in
             CarriedState.make(
-                refresher: refresher, views: views, fs: fs, mountedAt: mountedAt, restarts: ServingProcess.restarts)
+                refresher: refresher, views: views, fs: fs, mountedAt: mountedAt, restarts: ServingProcess.restarts,
+                publishing: publishing)
         }
         let storing = FDStore.isAvailable
         if storing {
@@ -211,8 +212,14 @@ final class Hitless: Sendable {
         await action()
     }
 
-    /// A change the bridge does not see (a new generation): push it.
+    /// A change the bridge does not see: push it soon.
     func changed() {
         sender.withLock { $0 }?.changed()
+    }
+
+    /// A generation about to be served: in the store before any reader can see it, so a
+    /// successor never numbers other credentials with the same generation (and inodes).
+    func publishing(_ published: Published) {
+        sender.withLock { $0 }?.pushNow(publishing: published)
     }
 }

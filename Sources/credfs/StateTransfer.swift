@@ -83,15 +83,18 @@ struct CarriedState: Codable {
 
     var published: Published? { credentials?.published }
 
+    /// The state now; `publishing` is a generation about to be served (it replaces the
+    /// refresher's current one).
     static func make(
-        refresher: Refresher, views: CredentialViewSource, fs: FuseFileSystem, mountedAt: Date, restarts: Int
+        refresher: Refresher, views: CredentialViewSource, fs: FuseFileSystem, mountedAt: Date, restarts: Int,
+        publishing: Published? = nil
     ) -> CarriedState {
         let machine = refresher.machine
         let pins = views.exportPins()
         return CarriedState(
             mountedAt: mountedAt.timeIntervalSince1970, restarts: restarts,
             upstreamRequests: machine.upstreamRequests, lastRefresh: machine.lastRefresh?.timeIntervalSince1970,
-            credentials: machine.published.map(CarriedCredentials.init), bridge: fs.exportState(),
+            credentials: (publishing ?? machine.published).map(CarriedCredentials.init), bridge: fs.exportState(),
             clockSkew: machine.clockSkew, pins: pins.isEmpty ? nil : CarriedPins(pins),
             provider: refresher.provider.cachedState)
     }
@@ -107,7 +110,7 @@ struct CarriedState: Codable {
 /// milliseconds), a new sealed memfd named `state.N` goes in and `state.N-1` goes out, so a
 /// `kill -9` at any moment leaves at least one whole state behind.
 final class StateSender: Sendable {
-    private let build: @Sendable () -> CarriedState
+    private let build: @Sendable (Published?) -> CarriedState
     private struct Inner {
         var sequence: Int
         var scheduled = false
@@ -115,7 +118,7 @@ final class StateSender: Sendable {
     private let inner: Mutex<Inner>
     private let push = Mutex<Void>(())
 
-    init(firstSequence: Int, build: @escaping @Sendable () -> CarriedState) {
+    init(firstSequence: Int, build: @escaping @Sendable (Published?) -> CarriedState) {
         self.build = build
         inner = Mutex(Inner(sequence: firstSequence))
     }
@@ -134,11 +137,12 @@ final class StateSender: Sendable {
         }
     }
 
-    /// Pushes the state now; returns whether the store took it.
+    /// Pushes the state now (with `publishing` as the generation served, when given);
+    /// returns whether the store took it.
     @discardableResult
-    func pushNow() -> Bool {
+    func pushNow(publishing: Published? = nil) -> Bool {
         push.withLock { _ in
-            guard let bytes = build().encoded() else { return false }
+            guard let bytes = build(publishing).encoded() else { return false }
             let fd = MemoryFile.make(name: "credfs-state", bytes: bytes)
             guard fd >= 0 else { return false }
             defer { close(fd) }

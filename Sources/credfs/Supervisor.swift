@@ -3,6 +3,7 @@ import CFuse3
 import FoundationEssentials
 import FuseBridge
 import Glibc
+import Posix
 
 /// `credfs supervise` (hidden): what `credfs mount` without `-f` runs. It starts the server
 /// (`credfs mount -f`), keeps the descriptors the server stores (the `/dev/fuse` connection,
@@ -70,6 +71,12 @@ final class Supervisor {
     var terminating = false
     var handingOver = false
     var quickDeaths = 0
+    /// Servers whose main thread is gone while the process cannot end: a thread of theirs
+    /// is held in the kernel (an entry invalidation waiting for a lookup that only a
+    /// successor can answer), so their pidfd never fires. Since when each was seen so.
+    var leaderGone: [pid_t: Double] = [:]
+    /// Such servers after they were counted as dead: reaped once they end.
+    var lingering: Set<pid_t> = []
     var pendingUpgrade: (binary: String, reply: Int32)?
 
     init(mountpoint: String, mountArguments: [String], readyFd: Int32) {
@@ -289,10 +296,16 @@ final class Supervisor {
         ]
         let children = [server, candidate].compactMap { $0 }
         for child in children { polls.append(pollfd(fd: child.pidfd, events: Int16(POLLIN), revents: 0)) }
-        let n = poll(&polls, nfds_t(polls.count), timeoutMs)
-        guard n > 0 else { return }
-        if polls[0].revents != 0 { drainSocket() }
-        if polls[1].revents != 0 {
+        // While a child lives, look at it now and then: a main thread that died is not
+        // reported by its pidfd while another of its threads is held in the kernel.
+        var timeout = timeoutMs
+        if !children.isEmpty || !lingering.isEmpty {
+            let check: Int32 = leaderGone.isEmpty ? 250 : 20
+            timeout = timeout < 0 ? check : min(timeout, check)
+        }
+        let n = poll(&polls, nfds_t(polls.count), timeout)
+        if n > 0, polls[0].revents != 0 { drainSocket() }
+        if n > 0, polls[1].revents != 0 {
             var byte: UInt8 = 0
             while read(signalRead, &byte, 1) == 1 {
                 if Int32(byte) == SIGTERM || Int32(byte) == SIGINT { terminating = true }
@@ -300,8 +313,42 @@ final class Supervisor {
         }
         for child in children {
             var status: Int32 = 0
-            if waitpid(child.pid, &status, WNOHANG) == child.pid { exits[child.pid] = status }
+            if waitpid(child.pid, &status, WNOHANG) == child.pid {
+                exits[child.pid] = status
+                leaderGone[child.pid] = nil
+            } else if Self.mainThreadGone(child.pid) {
+                let since = leaderGone[child.pid] ?? Self.now()
+                leaderGone[child.pid] = since
+                // A process that is merely exiting ends within this grace.
+                if Self.now() - since >= 0.1 {
+                    log(
+                        "the server's main thread is gone but the process cannot end (a thread is held in the kernel); counting it as dead"
+                    )
+                    exits[child.pid] = SIGKILL
+                    leaderGone[child.pid] = nil
+                    lingering.insert(child.pid)
+                }
+            }
         }
+        for pid in lingering {
+            var status: Int32 = 0
+            if waitpid(pid, &status, WNOHANG) == pid { lingering.remove(pid) }
+        }
+    }
+
+    /// Whether `pid`'s main thread has exited (`Z` in `/proc/PID/stat`) while the process
+    /// has not been reaped.
+    static func mainThreadGone(_ pid: pid_t) -> Bool {
+        let fd = open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 512)
+        let n = read(fd, &buffer, buffer.count)
+        guard n > 0 else { return false }
+        // "PID (COMM) STATE …": COMM may hold anything, so the state follows the last ')'.
+        let text = buffer.prefix(n)
+        guard let paren = text.lastIndex(of: UInt8(ascii: ")")), paren + 2 < text.endIndex else { return false }
+        return text[paren + 2] == UInt8(ascii: "Z")
     }
 
     func drainSocket() {
@@ -379,7 +426,7 @@ final class Supervisor {
             environment: environment, listen: !store.isEmpty)
     }
 
-    /// posix_spawn of `binary` with `fds` at 3, 4, …; with `listen`, through `/bin/sh` so
+    /// Starts `binary` with `fds` at 3, 4, …; with `listen`, through `/bin/sh` so
     /// that `LISTEN_PID` is the server's own pid (`exec` keeps it).
     func spawn(_ binary: String, _ argv: [String], fds: [Int32], environment: [String: String], listen: Bool)
         -> Child?
@@ -388,19 +435,13 @@ final class Supervisor {
         let high = fds.map { fcntl($0, F_DUPFD_CLOEXEC, 100) }
         defer { high.forEach { if $0 >= 0 { close($0) } } }
         guard !high.contains(where: { $0 < 0 }) else { return nil }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        for (i, fd) in high.enumerated() { posix_spawn_file_actions_adddup2(&actions, fd, Int32(3 + i)) }
-
         var env: [String] = []
         var index = 0
         while let entry = environ[index] {
             let text = String(cString: entry)
             let key = text.split(separator: "=", maxSplits: 1).first.map(String.init) ?? ""
-            if environment[key] == nil, !key.hasPrefix("LISTEN_") { env.append(text) }
+            // The server is not a systemd service's main process, even when this is.
+            if environment[key] == nil, !key.hasPrefix("LISTEN_"), key != "INVOCATION_ID" { env.append(text) }
             index += 1
         }
         for (key, value) in environment { env.append("\(key)=\(value)") }
@@ -414,30 +455,17 @@ final class Supervisor {
             path = binary
             args = argv
         }
-        var cArgs = args.map { strdup($0) } + [nil]
-        var cEnv = env.map { strdup($0) } + [nil]
-        defer {
-            cArgs.forEach { free($0) }
-            cEnv.forEach { free($0) }
-        }
-        // Children start with no signal blocked and the default handlers.
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for sig in [SIGTERM, SIGINT, SIGHUP, SIGUSR2] { sigaddset(&defaults, sig) }
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        let setSigmask: Int16 = 0x08  // POSIX_SPAWN_SETSIGMASK (glibc)
-        let setSigdef: Int16 = 0x04  // POSIX_SPAWN_SETSIGDEF (glibc)
-        posix_spawnattr_setflags(&attributes, setSigmask | setSigdef)
-        var pid = pid_t()
-        let result = posix_spawn(&pid, path, &actions, &attributes, &cArgs, &cEnv)
-        guard result == 0 else {
-            errno = result
+        // The one way credfs starts a process: no signal blocked, default handlers.
+        var spawn = Spawn(executable: path, arguments: args)
+        spawn.environment = env
+        spawn.stdin = .null
+        spawn.stdout = .null
+        spawn.descriptors = high.enumerated().map { (child: Int32(3 + $0.offset), parent: $0.element) }
+        let pid: pid_t
+        switch spawn.start() {
+        case .success(let child): pid = child
+        case .failure(let error):
+            errno = error.code
             return nil
         }
         let pidfd = credfs_pidfd_open(pid)

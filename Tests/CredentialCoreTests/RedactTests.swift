@@ -9,13 +9,13 @@ import Testing
     @Test func knownSecretsInEveryFormAndURLQueriesAreTakenOut() {
         let secret = "SECRET+value/with=signs"
         let text = """
-            denied for \(secret) (\(Redact.percentEncode(secret))) \
-            \(Redact.percentEncode(Redact.percentEncode(secret))) cut: \(secret.prefix(10)) \
+            denied for \(secret) (\(STSAnswer.percentEncode(secret))) \
+            \(STSAnswer.percentEncode(STSAnswer.percentEncode(secret))) cut: \(secret.prefix(10)) \
             at https://sts.example/?Signature=abc&AccessKeyId=LTAI5tXXXX done
             """
         let out = Redact.text(text, secrets: [secret])
         #expect(!out.contains(secret))
-        #expect(!out.contains(Redact.percentEncode(secret)))
+        #expect(!out.contains(STSAnswer.percentEncode(secret)))
         #expect(!out.contains(String(secret.prefix(8))))
         #expect(!out.contains("Signature=abc") && !out.contains("LTAI5tXXXX"))
         #expect(out.contains("https://sts.example/?(redacted) done"))

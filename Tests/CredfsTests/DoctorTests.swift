@@ -225,6 +225,11 @@ import Testing
             mount --make-rprivate /
             "$0" mount "$1" --provider demo --demo-lifetime 3600
             set +e
+            # The mount is up; its first credentials may still be on their way.
+            tries=0
+            until grep -q '"state": "fresh"' "$1/status" || [ $tries -ge 200 ]; do
+                tries=$((tries + 1)); sleep 0.05
+            done
             "$0" doctor "$1" --imds-endpoint "$2"
             status=$?
             "$0" unmount "$1"
