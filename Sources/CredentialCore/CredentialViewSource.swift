@@ -111,6 +111,30 @@ public final class CredentialViewSource: Sendable {
         return content(view, of: pinned)
     }
 
+    /// The live pins and their generations, for a successor (a takeover); pins are kept
+    /// in the refresher's cloud clock, which the successor restores first.
+    public func exportPins() -> PinTableState {
+        pins.export(now: refresher.cloudNow())
+    }
+
+    /// Takes over a predecessor's pins (after the refresher took over its credentials and
+    /// clock): each keeps its generation, rendered here, and its deadline. A pin of the
+    /// generation served now shares its rendering; one of a generation newer than the
+    /// one served now is dropped (it cannot come from the same mount).
+    @discardableResult
+    public func restorePins(_ state: PinTableState) -> Int {
+        let now = refresher.cloudNow()
+        let served = refresher.serving()
+        let usable = PinTableState(
+            pins: state.pins,
+            generations: state.generations.filter { $0.generation <= (served?.generation ?? 0) })
+        return pins.restore(usable, now: now) { published in
+            if let served, served.generation == published.generation { return rendered(served) }
+            return RenderedGeneration(
+                published: published, views: CredentialViews(published.credentials, region: region))
+        }
+    }
+
     /// Nothing valid to serve: wait while nothing was ever published, else fail.
     func unavailable() -> ViewContent {
         refresher.hasPublished ? .unavailable : .pending(timeout: initialWait)
@@ -175,6 +199,7 @@ public final class GenerationPins: Sendable {
     public let window: TimeInterval
     public let capacity: Int
     public let perUserCapacity: Int
+    private let changed = Mutex<(@Sendable () -> Void)?>(nil)
 
     private struct Table {
         var pins: [Reader: Pin] = [:]
@@ -200,6 +225,11 @@ public final class GenerationPins: Sendable {
 
     public var count: Int { table.withLock { $0.pins.count } }
 
+    /// Called (cheaply, outside the table's lock) after a new pin is made or pins are
+    /// restored: what ``export(now:)`` returns has changed.
+    public func onChange(_ hook: (@Sendable () -> Void)?) { changed.withLock { $0 = hook } }
+    private func notify() { changed.withLock { $0 }?() }
+
     /// The reader's pin while fresh and valid; nil otherwise. Changes nothing.
     public func pinned(_ reader: Reader, now: Date) -> RenderedGeneration? {
         table.withLock { table in
@@ -215,21 +245,29 @@ public final class GenerationPins: Sendable {
     public func generation(for reader: Reader, current: RenderedGeneration, pin: Bool, now: Date)
         -> RenderedGeneration
     {
-        table.withLock { table in
+        let (generation, made) = table.withLock { table -> (RenderedGeneration, Bool) in
             if let held = table.pins[reader], now.timeIntervalSince(held.pinnedAt) < window,
                 held.generation.published.credentials.isValid(at: now)
             {
-                return held.generation
+                return (held.generation, false)
             }
             table.set(reader, nil)
-            guard pin else { return current }
-            if table.perUser[reader.uid, default: 0] >= perUserCapacity {
-                evictOldest(of: reader.uid, from: &table, now: now)
-            } else if table.pins.count >= capacity, let heaviest = table.perUser.max(by: { $0.value < $1.value })?.key {
-                evictOldest(of: heaviest, from: &table, now: now)
-            }
+            guard pin else { return (current, false) }
+            makeRoom(for: reader.uid, in: &table, now: now)
             table.set(reader, Pin(generation: current, pinnedAt: now))
-            return current
+            return (current, true)
+        }
+        if made { notify() }
+        return generation
+    }
+
+    /// Frees a place for one more pin of `uid`: its own oldest when it holds its share,
+    /// else the heaviest user's oldest when the table is full.
+    private func makeRoom(for uid: UInt32, in table: inout Table, now: Date) {
+        if table.perUser[uid, default: 0] >= perUserCapacity {
+            evictOldest(of: uid, from: &table, now: now)
+        } else if table.pins.count >= capacity, let heaviest = table.perUser.max(by: { $0.value < $1.value })?.key {
+            evictOldest(of: heaviest, from: &table, now: now)
         }
     }
 
@@ -242,5 +280,86 @@ public final class GenerationPins: Sendable {
         } else if let oldest = theirs.min(by: { $0.value.pinnedAt < $1.value.pinnedAt }) {
             table.set(oldest.key, nil)
         }
+    }
+}
+
+/// The pin table as a plain value, for the next process serving the same mount (a
+/// takeover): every live pin, and the credentials of each generation a pin holds (which
+/// may be older than the one served now). Holds secrets: memory only, never logged.
+public struct PinTableState: Sendable {
+    public struct Pin: Sendable, Equatable {
+        public var reader: GenerationPins.Reader
+        /// The pinned generation: one of ``PinTableState/generations``.
+        public var generation: Int
+        /// When the pin was made, by the clock pins are kept in (``Refresher/cloudNow()``):
+        /// it holds until `pinnedAt + window`.
+        public var pinnedAt: Date
+
+        public init(reader: GenerationPins.Reader, generation: Int, pinnedAt: Date) {
+            self.reader = reader
+            self.generation = generation
+            self.pinnedAt = pinnedAt
+        }
+    }
+
+    public var pins: [Pin]
+    /// Each pinned generation once, oldest first.
+    public var generations: [Published]
+
+    public init(pins: [Pin] = [], generations: [Published] = []) {
+        self.pins = pins
+        self.generations = generations
+    }
+
+    public var isEmpty: Bool { pins.isEmpty }
+}
+
+extension GenerationPins {
+    /// Every pin still fresh and valid at `now`, with its generation's credentials.
+    public func export(now: Date) -> PinTableState {
+        table.withLock { table in
+            var pins: [PinTableState.Pin] = []
+            var generations: [Int: Published] = [:]
+            for (reader, held) in table.pins
+            where now.timeIntervalSince(held.pinnedAt) < window
+                && held.generation.published.credentials.isValid(at: now)
+            {
+                let published = held.generation.published
+                pins.append(.init(reader: reader, generation: published.generation, pinnedAt: held.pinnedAt))
+                generations[published.generation] = published
+            }
+            pins.sort { ($0.pinnedAt, $0.reader.group) < ($1.pinnedAt, $1.reader.group) }
+            return PinTableState(
+                pins: pins, generations: generations.values.sorted { $0.generation < $1.generation })
+        }
+    }
+
+    /// Takes over a predecessor's pins (``export(now:)``): each one still fresh and valid at
+    /// `now`, whose generation is carried, keeps its generation and its deadline. A pin made
+    /// "later" than `now` (a clock that went back) counts from `now`, so no pin outlives its
+    /// window. The table's bounds hold as for new pins. `render` makes a carried
+    /// generation's views. Returns how many carried pins the table holds afterwards.
+    @discardableResult
+    public func restore(_ state: PinTableState, now: Date, render: (Published) -> RenderedGeneration) -> Int {
+        var rendered: [Int: RenderedGeneration] = [:]
+        for published in state.generations where published.generation > 0 && rendered[published.generation] == nil {
+            guard published.credentials.isValid(at: now) else { continue }
+            rendered[published.generation] = render(published)
+        }
+        let taken = table.withLock { table -> Int in
+            var restored: Set<Reader> = []
+            // The newest pins, at most as many as the table holds.
+            for pin in state.pins.sorted(by: { $0.pinnedAt < $1.pinnedAt }).suffix(capacity) {
+                guard pin.reader.group > 0, let generation = rendered[pin.generation],
+                    pin.pinnedAt.timeIntervalSince1970.isFinite, now.timeIntervalSince(pin.pinnedAt) < window
+                else { continue }
+                makeRoom(for: pin.reader.uid, in: &table, now: now)
+                table.set(pin.reader, Pin(generation: generation, pinnedAt: min(pin.pinnedAt, now)))
+                restored.insert(pin.reader)
+            }
+            return restored.filter { table.pins[$0] != nil }.count
+        }
+        if taken > 0 { notify() }
+        return taken
     }
 }

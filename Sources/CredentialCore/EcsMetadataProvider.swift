@@ -151,9 +151,7 @@ public final class EcsMetadataProvider: CredentialProvider {
         let text = String(decoding: response.body, as: UTF8.self)
         let role =
             text.split(whereSeparator: \.isNewline).first.map { Text.trimmed($0) } ?? ""
-        guard !role.isEmpty, role.count <= 256, !role.contains("/"),
-            role.allSatisfy({ !$0.isWhitespace })
-        else {
+        guard Self.usableRole(role) else {
             throw CredentialError(
                 "ECS metadata: no RAM role is attached to this instance (empty role list)")
         }
@@ -178,5 +176,54 @@ public final class EcsMetadataProvider: CredentialProvider {
 
     static func pathComponent(_ role: String) -> String {
         Text.percentEncoded(role)
+    }
+}
+
+extension EcsMetadataProvider {
+    /// The metadata token with the instant it is to be replaced, and the discovered role
+    /// name, for a successor (a takeover): its next refresh is then one GET. Tied to this
+    /// endpoint. Holds the token (a secret): memory only, never logged.
+    public var cachedState: ProviderCachedState? {
+        let held = state.withLock { $0 }
+        var values: [String: String] = [:]
+        if let token = held.token, let renewAt = held.tokenRenewAt {
+            values["token"] = token
+            values["tokenRenewAt"] = String(renewAt.timeIntervalSince1970)
+        }
+        if let role = held.discoveredRole { values["role"] = role }
+        guard !values.isEmpty else { return nil }
+        values["endpoint"] = endpoint
+        return ProviderCachedState(provider: name, values: values)
+    }
+
+    /// Takes a predecessor's token while it is still good (and never for longer than a new
+    /// one would be kept), and its discovered role unless a role is configured. Anything
+    /// from another endpoint, or that a fresh answer would not have been accepted as, is
+    /// ignored.
+    public func restoreCachedState(_ carried: ProviderCachedState) {
+        guard carried.provider == name, carried.values["endpoint"] == endpoint else { return }
+        let current = clock.now()
+        var token: (String, Date)?
+        if let text = carried.values["token"], let usable = Self.usableToken(Array(text.utf8)), usable == text,
+            let seconds = carried.values["tokenRenewAt"].flatMap(Double.init), let renewAt = Timestamp.epoch(seconds),
+            renewAt > current,
+            renewAt <= current.addingTimeInterval(TimeInterval(Self.tokenTTL) - Self.tokenRenewBefore)
+        {
+            token = (usable, renewAt)
+        }
+        var role: String?
+        if configuredRole == nil, let text = carried.values["role"], Self.usableRole(text) { role = text }
+        state.withLock { s in
+            if let token {
+                s.token = token.0
+                s.tokenRenewAt = token.1
+            }
+            if let role { s.discoveredRole = role }
+        }
+    }
+
+    /// A role name as discovery accepts it: one path component, no whitespace, at most 256.
+    static func usableRole(_ role: String) -> Bool {
+        !role.isEmpty && role.count <= 256 && !role.contains("/") && role.allSatisfy({ !$0.isWhitespace })
     }
 }

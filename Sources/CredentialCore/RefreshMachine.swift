@@ -214,16 +214,25 @@ public struct RefreshMachine: Sendable {
     /// previous server served, and plan the next refresh as if it had arrived at its
     /// `fetchedAt`. Makes no upstream request; if the refresh point has passed, the next
     /// refresh is due at once (and a failing upstream leaves `carried` served until expiry).
+    ///
+    /// `clockSkew` is the previous server's measured skew, so expiry, scheduling and
+    /// ``cloudTime(_:)`` (the clock pins are kept in) go on as they were; nil, or a value
+    /// that is not finite or beyond ten years, leaves the skew unknown.
     public mutating func restore(
-        _ carried: Published, upstreamRequests: Int, lastRefresh: Date?, now: Date, jitter: Double
+        _ carried: Published, upstreamRequests: Int, lastRefresh: Date?, now: Date, jitter: Double,
+        clockSkew: TimeInterval? = nil
     ) {
+        if let clockSkew, clockSkew.isFinite, abs(clockSkew) < 10 * 365 * 86_400 { self.clockSkew = clockSkew }
         published = carried
         self.upstreamRequests = upstreamRequests
         self.lastRefresh = lastRefresh
         if let expiration = carried.credentials.expiration {
-            let lifetime = expiration.timeIntervalSince(carried.fetchedAt)
+            // The expiration is on the cloud's clock, `fetchedAt` on the local one.
+            let skew = effectiveSkew
+            let localExpiration = expiration.addingTimeInterval(-skew)
+            let lifetime = localExpiration.timeIntervalSince(carried.fetchedAt)
             let lead = policy.refreshLead(lifetime: lifetime)
-            let planned = expiration.addingTimeInterval(-lead - jitter * policy.jitterFraction * lead)
+            let planned = localExpiration.addingTimeInterval(-lead - jitter * policy.jitterFraction * lead)
             let earliest = carried.fetchedAt.addingTimeInterval(min(1, max(lifetime, 0) / 2))
             prefetchAt = max(planned, earliest)
         } else {

@@ -10,10 +10,19 @@ public protocol CredentialProvider: Sendable {
     /// Secrets this provider knows besides the credentials it returns (a source's key, an
     /// OIDC token): taken out of any upstream text credfs keeps.
     var secrets: [String] { get }
+    /// Cheap state worth keeping across a takeover (a metadata token, a discovered role
+    /// name), so the next process serving the mount skips the requests whose answers still
+    /// hold. nil: nothing to keep. May hold secrets: carried in memory only, never logged.
+    var cachedState: ProviderCachedState? { get }
+    /// Takes a predecessor's ``cachedState``; what the provider does not recognise, or no
+    /// longer trusts (expired, another endpoint, malformed), is ignored.
+    func restoreCachedState(_ state: ProviderCachedState)
 }
 
 extension CredentialProvider {
     public var secrets: [String] { [] }
+    public var cachedState: ProviderCachedState? { nil }
+    public func restoreCachedState(_ state: ProviderCachedState) {}
 }
 
 /// The one source of wall-clock time in credfs: the refresher, the providers (request

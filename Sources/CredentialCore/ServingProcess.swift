@@ -22,12 +22,16 @@ extension Published {
 extension Refresher {
     /// A successor's start: serve what the previous server served, with no upstream request
     /// unless its refresh is due (``RefreshMachine/restore(_:upstreamRequests:lastRefresh:now:jitter:)``).
-    public func restore(_ published: Published, upstreamRequests: Int, lastRefresh: Date?) {
+    /// `clockSkew`: the previous server's measured skew (``RefreshMachine/clockSkew``).
+    public func restore(
+        _ published: Published, upstreamRequests: Int, lastRefresh: Date?, clockSkew: TimeInterval? = nil
+    ) {
         let now = clock.now()
         let jitter = random()
         inner.withLock {
             $0.machine.restore(
-                published, upstreamRequests: upstreamRequests, lastRefresh: lastRefresh, now: now, jitter: jitter)
+                published, upstreamRequests: upstreamRequests, lastRefresh: lastRefresh, now: now, jitter: jitter,
+                clockSkew: clockSkew)
         }
         wakeup.signal()
     }

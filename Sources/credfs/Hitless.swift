@@ -106,29 +106,38 @@ final class Hitless: Sendable {
         inherited?.state.map { Date(timeIntervalSince1970: $0.mountedAt) }
     }
 
-    /// Serve what the previous server served, without asking the upstream.
-    func restore(_ refresher: Refresher) {
+    /// Serve what the previous server served, without asking the upstream: its
+    /// credentials and clock, its process-group pins (each with its generation and
+    /// deadline), and its provider's cached state (a metadata token, a role name).
+    func restore(_ refresher: Refresher, views: CredentialViewSource) {
         guard let state = inherited?.state else { return }
         ServingProcess.restarts = state.restarts + 1
         if let published = state.published {
             refresher.restore(
                 published, upstreamRequests: state.upstreamRequests,
-                lastRefresh: state.lastRefresh.map { Date(timeIntervalSince1970: $0) })
+                lastRefresh: state.lastRefresh.map { Date(timeIntervalSince1970: $0) }, clockSkew: state.clockSkew)
+        }
+        if let provider = state.provider { refresher.provider.restoreCachedState(provider) }
+        if let pins = state.pins {
+            let taken = views.restorePins(pins.state)
+            if taken > 0 { logger.info("took over process-group pins", metadata: ["pins": "\(taken)"]) }
         }
     }
 
     /// Starts serving: the successor adopts the connection; the first server mounts and
     /// stores its connection once the kernel's INIT has arrived.
-    func attach(_ fs: FuseFileSystem, refresher: Refresher, mountedAt: Date) throws {
+    func attach(_ fs: FuseFileSystem, refresher: Refresher, views: CredentialViewSource, mountedAt: Date) throws {
         let sender = StateSender(firstSequence: inherited?.stateSequence ?? 0) { publishing in
             CarriedState.make(
-                refresher: refresher, fs: fs, mountedAt: mountedAt, restarts: ServingProcess.restarts,
+                refresher: refresher, views: views, fs: fs, mountedAt: mountedAt, restarts: ServingProcess.restarts,
                 publishing: publishing)
         }
         let storing = FDStore.isAvailable
         if storing {
             self.sender.withLock { $0 = sender }
             fs.onStateChange = { sender.changed() }
+            // A new pin may come with no new inode or handle (an open of a known inode).
+            views.pins.onChange { sender.changed() }
         }
         handover.withLock {
             $0 = { [self] in

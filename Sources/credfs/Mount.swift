@@ -222,9 +222,9 @@ struct Mount: AsyncParsableCommand {
             }
         }
         let metricsServer = try await MetricsService.bind(metrics, views: views)
-        hitless.restore(refresher)
+        hitless.restore(refresher, views: views)
         do {
-            try hitless.attach(fs, refresher: refresher, mountedAt: mountedAt)
+            try hitless.attach(fs, refresher: refresher, views: views, mountedAt: mountedAt)
         } catch {
             throw Failure(message: "\(error)")
         }

@@ -5,7 +5,8 @@ import Glibc
 import Synchronization
 
 /// What a server hands to its successor, in memory only (a sealed memfd in the fd store):
-/// the credentials it served, the mount's facts, and what the kernel references.
+/// the credentials it served, the mount's facts, what the kernel references, the
+/// process-group pins (with the generations they hold) and the provider's cached state.
 /// It holds secrets: never logged, never written to disk.
 struct CarriedState: Codable {
     struct CarriedCredentials: Codable {
@@ -15,6 +16,57 @@ struct CarriedState: Codable {
         var expiration: Double?
         var generation: Int
         var fetchedAt: Double
+
+        init(_ p: Published) {
+            accessKeyId = p.credentials.accessKeyId
+            accessKeySecret = p.credentials.accessKeySecret
+            securityToken = p.credentials.securityToken
+            expiration = p.credentials.expiration?.timeIntervalSince1970
+            generation = p.generation
+            fetchedAt = p.fetchedAt.timeIntervalSince1970
+        }
+
+        var published: Published? {
+            guard generation > 0, fetchedAt.isFinite, expiration?.isFinite ?? true else { return nil }
+            return Published(
+                carried: Credentials(
+                    accessKeyId: accessKeyId, accessKeySecret: accessKeySecret, securityToken: securityToken,
+                    expiration: expiration.map { Date(timeIntervalSince1970: $0) }),
+                generation: generation, fetchedAt: Date(timeIntervalSince1970: fetchedAt))
+        }
+    }
+
+    /// The core's ``PinTableState``: each live pin, and the generations pins hold (which
+    /// may be older than the one served).
+    struct CarriedPins: Codable {
+        struct Pin: Codable {
+            var group: Int32
+            var uid: UInt32
+            var generation: Int
+            /// By the refresher's cloud clock, seconds since 1970.
+            var pinnedAt: Double
+        }
+        var pins: [Pin]
+        var generations: [CarriedCredentials]
+
+        init(_ state: PinTableState) {
+            pins = state.pins.map {
+                Pin(
+                    group: $0.reader.group, uid: $0.reader.uid, generation: $0.generation,
+                    pinnedAt: $0.pinnedAt.timeIntervalSince1970)
+            }
+            generations = state.generations.map(CarriedCredentials.init)
+        }
+
+        var state: PinTableState {
+            PinTableState(
+                pins: pins.filter { $0.pinnedAt.isFinite }.map {
+                    PinTableState.Pin(
+                        reader: GenerationPins.Reader(group: $0.group, uid: $0.uid), generation: $0.generation,
+                        pinnedAt: Date(timeIntervalSince1970: $0.pinnedAt))
+                },
+                generations: generations.compactMap(\.published))
+        }
     }
 
     var format = 1
@@ -24,33 +76,27 @@ struct CarriedState: Codable {
     var lastRefresh: Double?
     var credentials: CarriedCredentials?
     var bridge: BridgeState
+    /// The measured clock skew (the clock expiry and pins follow). Absent in older states.
+    var clockSkew: Double?
+    var pins: CarriedPins?
+    var provider: ProviderCachedState?
 
-    var published: Published? {
-        guard let c = credentials, c.generation > 0 else { return nil }
-        return Published(
-            carried: Credentials(
-                accessKeyId: c.accessKeyId, accessKeySecret: c.accessKeySecret, securityToken: c.securityToken,
-                expiration: c.expiration.map { Date(timeIntervalSince1970: $0) }),
-            generation: c.generation, fetchedAt: Date(timeIntervalSince1970: c.fetchedAt))
-    }
+    var published: Published? { credentials?.published }
 
     /// The state now; `publishing` is a generation about to be served (it replaces the
     /// refresher's current one).
     static func make(
-        refresher: Refresher, fs: FuseFileSystem, mountedAt: Date, restarts: Int, publishing: Published? = nil
+        refresher: Refresher, views: CredentialViewSource, fs: FuseFileSystem, mountedAt: Date, restarts: Int,
+        publishing: Published? = nil
     ) -> CarriedState {
         let machine = refresher.machine
-        let credentials = (publishing ?? machine.published).map { p in
-            CarriedCredentials(
-                accessKeyId: p.credentials.accessKeyId, accessKeySecret: p.credentials.accessKeySecret,
-                securityToken: p.credentials.securityToken,
-                expiration: p.credentials.expiration?.timeIntervalSince1970, generation: p.generation,
-                fetchedAt: p.fetchedAt.timeIntervalSince1970)
-        }
+        let pins = views.exportPins()
         return CarriedState(
             mountedAt: mountedAt.timeIntervalSince1970, restarts: restarts,
             upstreamRequests: machine.upstreamRequests, lastRefresh: machine.lastRefresh?.timeIntervalSince1970,
-            credentials: credentials, bridge: fs.exportState())
+            credentials: (publishing ?? machine.published).map(CarriedCredentials.init), bridge: fs.exportState(),
+            clockSkew: machine.clockSkew, pins: pins.isEmpty ? nil : CarriedPins(pins),
+            provider: refresher.provider.cachedState)
     }
 
     func encoded() -> [UInt8]? { (try? JSONEncoder().encode(self)).map { Array($0) } }
