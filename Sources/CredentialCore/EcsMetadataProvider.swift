@@ -26,7 +26,7 @@ public final class EcsMetadataProvider: CredentialProvider {
     let configuredRole: String?
     let imdsV1Disabled: Bool
     let http: HTTPFetcher
-    let now: @Sendable () -> Date
+    let clock: any RefreshClock
     let logger: Logger
 
     struct State {
@@ -44,7 +44,7 @@ public final class EcsMetadataProvider: CredentialProvider {
     public init(
         endpoint: String = "http://100.100.100.200", role: String? = nil, imdsV1Disabled: Bool = false,
         http: HTTPFetcher = HTTPFetcher(timeouts: .metadata, proxy: .never),
-        now: @escaping @Sendable () -> Date = { Date() },
+        clock: any RefreshClock = SystemRefreshClock(),
         logger: Logger = Logger(label: "credfs.ecs-ram-role")
     ) {
         var base = endpoint
@@ -54,7 +54,7 @@ public final class EcsMetadataProvider: CredentialProvider {
         self.imdsV1Disabled = imdsV1Disabled
         // A proxy must never see metadata traffic, whatever fetcher was passed in.
         self.http = http.direct()
-        self.now = now
+        self.clock = clock
         self.logger = logger
     }
 
@@ -85,7 +85,7 @@ public final class EcsMetadataProvider: CredentialProvider {
             }
         }
         do {
-            return try AnswerParser.parseFlat(status: response.status, body: response.body, now: now())
+            return try AnswerParser.parseFlat(status: response.status, body: response.body, now: clock.now())
         } catch {
             throw CredentialError("ECS metadata role \(role): \(error.message)")
         }
@@ -93,7 +93,7 @@ public final class EcsMetadataProvider: CredentialProvider {
 
     /// The cached IMDSv2 token, a new one, or nil for IMDSv1.
     func metadataToken(probing: Bool) async throws(CredentialError) -> String? {
-        let started = now()
+        let started = clock.now()
         if let cached = state.withLock({ s -> String? in
             guard let token = s.token, let renewAt = s.tokenRenewAt, started < renewAt else { return nil }
             return token
@@ -202,7 +202,7 @@ extension EcsMetadataProvider {
     /// ignored.
     public func restoreCachedState(_ carried: ProviderCachedState) {
         guard carried.provider == name, carried.values["endpoint"] == endpoint else { return }
-        let current = self.now()
+        let current = clock.now()
         var token: (String, Date)?
         if let text = carried.values["token"], let usable = Self.usableToken(Array(text.utf8)), usable == text,
             let seconds = carried.values["tokenRenewAt"].flatMap(Double.init), let renewAt = Timestamp.epoch(seconds),

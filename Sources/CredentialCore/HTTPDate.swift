@@ -101,17 +101,19 @@ public final class ServerClockProbe: Sendable {
 
     /// The last answer's `(server Date, local time when it arrived)`.
     private let last = Mutex<(server: Date, local: Date)?>(nil)
+    /// The refresher's clock: the local time an answer arrived at.
+    let clock: any RefreshClock
 
-    public init() {}
+    public init(clock: any RefreshClock = SystemRefreshClock()) { self.clock = clock }
 
     public func record(serverDate: Date, localNow: Date) {
         last.withLock { $0 = (serverDate, localNow) }
     }
 
-    /// Reports into the probe of the current refresh, if any.
-    public static func report(_ serverDate: Date?, localNow: Date = Date()) {
-        guard let serverDate else { return }
-        current?.record(serverDate: serverDate, localNow: localNow)
+    /// Reports into the probe of the current refresh, if any, at its clock's time.
+    public static func report(_ serverDate: Date?) {
+        guard let serverDate, let probe = current else { return }
+        probe.record(serverDate: serverDate, localNow: probe.clock.now())
     }
 
     /// Server minus local time of the last answer (positive: the local clock is behind).

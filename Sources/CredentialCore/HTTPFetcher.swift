@@ -135,8 +135,8 @@ final class Transfer: @unchecked Sendable {
     var continuation: CheckedContinuation<Outcome, Never>?
     // The read timeout's state (the transfer's thread only).
     var handle: UnsafeMutableRawPointer?
-    var readLimitNS: UInt64 = 0
-    var lastActivityNS: UInt64 = 0
+    var readLimit: Duration = .zero
+    var lastActivity = ContinuousClock.now
     var lastBytes: (curl_off_t, curl_off_t) = (-1, -1)
     var readTimedOut = false
 
@@ -209,7 +209,7 @@ final class Transfer: @unchecked Sendable {
         set(CURLOPT_CONNECTTIMEOUT_MS, connectMS)
         // The read timeout: no byte sent or received for `read` once connected (the
         // progress callback; libcurl's low-speed check averages and fires late after an upload).
-        readLimitNS = UInt64(readMS) * 1_000_000
+        readLimit = .milliseconds(readMS)
         set(CURLOPT_NOPROGRESS, 0)
         ok = ok && credfs_curl_setopt_progress(handle, CURLOPT_XFERINFOFUNCTION, Self.watchProgress) == CURLE_OK
         // And a deadline for the whole request, as before.
@@ -301,26 +301,20 @@ final class Transfer: @unchecked Sendable {
         }
     }
 
-    static func monotonicNS() -> UInt64 {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        return UInt64(max(0, now.tv_sec)) &* 1_000_000_000 &+ UInt64(max(0, now.tv_nsec))
-    }
-
     /// Aborts when nothing moved for the read timeout since the connection was made.
     static let watchProgress: credfs_curl_progress_cb = { context, _, downloaded, _, uploaded in
         guard let context else { return 0 }
         let transfer = Unmanaged<Transfer>.fromOpaque(context).takeUnretainedValue()
-        let now = monotonicNS()
+        let now = ContinuousClock.now
         var connectTime: curl_off_t = 0
         if let handle = transfer.handle { credfs_curl_getinfo_offset(handle, CURLINFO_CONNECT_TIME_T, &connectTime) }
         if connectTime == 0 || (downloaded, uploaded) != transfer.lastBytes {
             // Still connecting (the connect timeout's business), or bytes moved.
             transfer.lastBytes = (downloaded, uploaded)
-            transfer.lastActivityNS = now
+            transfer.lastActivity = now
             return 0
         }
-        if now &- transfer.lastActivityNS > transfer.readLimitNS {
+        if now - transfer.lastActivity > transfer.readLimit {
             transfer.readTimedOut = true
             return 1
         }

@@ -14,7 +14,7 @@ public struct OIDCProvider: CredentialProvider {
     public let policy: String?
     public let endpoint: String
     let http: HTTPFetcher
-    let now: @Sendable () -> Date
+    let clock: any RefreshClock
     /// The token last read: an STS error may quote it.
     let lastToken = TokenBox()
 
@@ -27,7 +27,7 @@ public struct OIDCProvider: CredentialProvider {
         roleArn: String, oidcProviderArn: String, tokenFile: String, sessionName: String? = nil,
         durationSeconds: Int = OIDCProvider.defaultDuration, policy: String? = nil, endpoint: String,
         http: HTTPFetcher = HTTPFetcher(timeouts: .standard),
-        now: @escaping @Sendable () -> Date = { Date() }
+        clock: any RefreshClock = SystemRefreshClock()
     ) {
         self.roleArn = roleArn
         self.oidcProviderArn = oidcProviderArn
@@ -37,13 +37,13 @@ public struct OIDCProvider: CredentialProvider {
         self.policy = policy.flatMap { $0.isEmpty ? nil : $0 }
         self.endpoint = endpoint
         self.http = http
-        self.now = now
+        self.clock = clock
     }
 
     public func fetch() async throws -> Credentials {
         let token = try Self.readToken(tokenFile)
         lastToken.value.withLock { $0 = token }
-        let time = now()
+        let time = clock.now()
         let query: [(String, String)] = [
             ("Action", "AssumeRoleWithOIDC"), ("Format", "JSON"), ("Version", "2015-04-01"),
             ("Timestamp", Timestamp.format(time)),
@@ -61,7 +61,7 @@ public struct OIDCProvider: CredentialProvider {
             ],
             body: Array(STSAnswer.encode(form).utf8))
         return try STSAnswer.parse(
-            action: "AssumeRoleWithOIDC", status: response.status, body: response.body, now: now())
+            action: "AssumeRoleWithOIDC", status: response.status, body: response.body, now: clock.now())
     }
 
     /// The token file, read through ``SmallFile``: a regular file of at most 64 KiB (a

@@ -13,10 +13,12 @@ public struct ProcessProvider: CredentialProvider {
     public let name = "process"
     public let argv: [String]
     let timeout: TimeInterval
+    let clock: any RefreshClock
 
-    public init(argv: [String], timeout: TimeInterval = 60) {
+    public init(argv: [String], timeout: TimeInterval = 60, clock: any RefreshClock = SystemRefreshClock()) {
         self.argv = argv
         self.timeout = timeout
+        self.clock = clock
     }
 
     /// `--command` as given: split on whitespace, no quoting, no shell.
@@ -70,7 +72,7 @@ public struct ProcessProvider: CredentialProvider {
             }
             if !started { continuation.resume(throwing: CredentialError("process: cannot start a thread")) }
         }
-        return try Self.parse(result, command: argv.first ?? "", now: Date())
+        return try Self.parse(result, command: argv.first ?? "", now: clock.now())
     }
 
     /// The helper's environment, and all of it: PATH (this process's, or the standard

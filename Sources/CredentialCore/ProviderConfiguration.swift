@@ -187,34 +187,39 @@ public struct ProviderConfiguration: Sendable {
     /// The provider this configuration describes.
     public func makeProvider(
         http: HTTPFetcher = HTTPFetcher(timeouts: .standard),
-        metadataHTTP: HTTPFetcher = HTTPFetcher(timeouts: .metadata, proxy: .never)
+        metadataHTTP: HTTPFetcher = HTTPFetcher(timeouts: .metadata, proxy: .never),
+        clock: any RefreshClock = SystemRefreshClock()
     ) -> any CredentialProvider {
-        Self.provider(setting, environment: environment, http: http, metadataHTTP: metadataHTTP)
+        Self.provider(setting, environment: environment, http: http, metadataHTTP: metadataHTTP, clock: clock)
     }
 
     static func provider(
-        _ setting: ProviderSetting, environment: ProviderEnvironment, http: HTTPFetcher, metadataHTTP: HTTPFetcher
+        _ setting: ProviderSetting, environment: ProviderEnvironment, http: HTTPFetcher, metadataHTTP: HTTPFetcher,
+        clock: any RefreshClock
     ) -> any CredentialProvider {
         switch setting {
-        case .uri(let url): return URIProvider(url: url, http: http)
-        case .env: return EnvironmentProvider(environment)
-        case .demo(let lifetime): return DemoProvider(lifetime: lifetime)
+        case .uri(let url): return URIProvider(url: url, http: http, clock: clock)
+        case .env: return EnvironmentProvider(environment, clock: clock)
+        case .demo(let lifetime): return DemoProvider(lifetime: lifetime, clock: clock)
         case .ecsRamRole(let ecs):
             return EcsMetadataProvider(
-                endpoint: ecs.endpoint, role: ecs.role, imdsV1Disabled: ecs.imdsV1Disabled, http: metadataHTTP)
-        case .process(let argv): return ProcessProvider(argv: argv)
+                endpoint: ecs.endpoint, role: ecs.role, imdsV1Disabled: ecs.imdsV1Disabled, http: metadataHTTP,
+                clock: clock)
+        case .process(let argv): return ProcessProvider(argv: argv, clock: clock)
         case .oidcRoleArn(let oidc):
             return OIDCProvider(
                 roleArn: oidc.roleArn, oidcProviderArn: oidc.oidcProviderArn, tokenFile: oidc.tokenFile,
                 sessionName: oidc.sessionName, durationSeconds: oidc.durationSeconds, policy: oidc.policy,
-                endpoint: oidc.endpoint, http: http)
+                endpoint: oidc.endpoint, http: http, clock: clock)
         case .ramRoleArn(let ram):
             return RamRoleArnProvider(
-                source: provider(ram.source, environment: environment, http: http, metadataHTTP: metadataHTTP),
+                source: provider(
+                    ram.source, environment: environment, http: http, metadataHTTP: metadataHTTP, clock: clock),
                 roleArn: ram.roleArn, sessionName: ram.sessionName, durationSeconds: ram.durationSeconds,
-                externalId: ram.externalId, policy: ram.policy, endpoint: ram.endpoint, http: http)
+                externalId: ram.externalId, policy: ram.policy, endpoint: ram.endpoint, http: http, clock: clock)
         case .auto(let chain):
-            return AutoProvider(chain: chain, environment: environment, http: http, metadataHTTP: metadataHTTP)
+            return AutoProvider(
+                chain: chain, environment: environment, http: http, metadataHTTP: metadataHTTP, clock: clock)
         }
     }
 

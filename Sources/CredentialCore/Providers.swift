@@ -7,15 +7,20 @@ public struct URIProvider: CredentialProvider {
     public let name = "uri"
     let url: String
     let http: HTTPFetcher
+    let clock: any RefreshClock
 
-    public init(url: String, http: HTTPFetcher = HTTPFetcher(timeouts: .standard)) {
+    public init(
+        url: String, http: HTTPFetcher = HTTPFetcher(timeouts: .standard),
+        clock: any RefreshClock = SystemRefreshClock()
+    ) {
         self.url = url
         self.http = http
+        self.clock = clock
     }
 
     public func fetch() async throws -> Credentials {
         let response = try await http.send(url: url)
-        return try AnswerParser.parseFlat(status: response.status, body: response.body, now: Date())
+        return try AnswerParser.parseFlat(status: response.status, body: response.body, now: clock.now())
     }
 }
 
@@ -24,20 +29,24 @@ public struct URIProvider: CredentialProvider {
 public struct EnvironmentProvider: CredentialProvider {
     public let name = "env"
     let environment: ProviderEnvironment
+    let clock: any RefreshClock
 
-    public init(_ environment: ProviderEnvironment = ProviderEnvironment()) {
+    public init(
+        _ environment: ProviderEnvironment = ProviderEnvironment(), clock: any RefreshClock = SystemRefreshClock()
+    ) {
         self.environment = environment
+        self.clock = clock
     }
 
-    public init(environment: [String: String]) {
-        self.init(ProviderEnvironment(environment))
+    public init(environment: [String: String], clock: any RefreshClock = SystemRefreshClock()) {
+        self.init(ProviderEnvironment(environment), clock: clock)
     }
 
     /// True when the two required variables are set (the `auto` chain's test).
     public var isAvailable: Bool { environment.hasAccessKey }
 
     public func fetch() async throws -> Credentials {
-        try environment.accessKey(now: Date())
+        try environment.accessKey(now: clock.now())
     }
 }
 
@@ -47,15 +56,15 @@ public struct EnvironmentProvider: CredentialProvider {
 public struct DemoProvider: CredentialProvider {
     public let name = "demo"
     let lifetime: Int
-    let now: @Sendable () -> Date
+    let clock: any RefreshClock
 
-    public init(lifetime: Int, now: @escaping @Sendable () -> Date = { Date() }) {
+    public init(lifetime: Int, clock: any RefreshClock = SystemRefreshClock()) {
         self.lifetime = lifetime
-        self.now = now
+        self.clock = clock
     }
 
     public func fetch() async throws -> Credentials {
-        let issued = Timestamp.wholeSeconds(now())
+        let issued = Timestamp.wholeSeconds(clock.now())
         func random(_ count: Int) -> String {
             let alphabet = Array("ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789")
             return String((0..<count).map { _ in alphabet[Int.random(in: 0..<alphabet.count)] })
@@ -86,6 +95,7 @@ public final class AutoProvider: CredentialProvider {
     let ecs: EcsMetadataProvider?
     let oidc: OIDCProvider?
     let uri: URIProvider?
+    let clock: any RefreshClock
     let logger: Logger
     let chosen = Mutex<(any CredentialProvider)?>(nil)
 
@@ -96,22 +106,25 @@ public final class AutoProvider: CredentialProvider {
         chain: AutoChain, environment: ProviderEnvironment,
         http: HTTPFetcher = HTTPFetcher(timeouts: .standard),
         metadataHTTP: HTTPFetcher = HTTPFetcher(timeouts: .metadata, proxy: .never),
+        clock: any RefreshClock = SystemRefreshClock(),
         logger: Logger = Logger(label: "credfs.auto")
     ) {
         self.environment = environment
         self.accessKey = chain.accessKey
+        self.clock = clock
         self.logger = logger
         oidc = chain.oidc.map {
             OIDCProvider(
                 roleArn: $0.roleArn, oidcProviderArn: $0.oidcProviderArn, tokenFile: $0.tokenFile,
                 sessionName: $0.sessionName, durationSeconds: $0.durationSeconds, policy: $0.policy,
-                endpoint: $0.endpoint, http: http)
+                endpoint: $0.endpoint, http: http, clock: clock)
         }
         ecs = chain.ecs.map {
             EcsMetadataProvider(
-                endpoint: $0.endpoint, role: $0.role, imdsV1Disabled: $0.imdsV1Disabled, http: metadataHTTP)
+                endpoint: $0.endpoint, role: $0.role, imdsV1Disabled: $0.imdsV1Disabled, http: metadataHTTP,
+                clock: clock)
         }
-        uri = chain.uri.map { URIProvider(url: $0, http: http) }
+        uri = chain.uri.map { URIProvider(url: $0, http: http, clock: clock) }
     }
 
     /// The chain `environment` gives (``ProviderConfiguration/autoChain(_:imdsEndpoint:role:stsEndpoint:)``).
@@ -121,13 +134,14 @@ public final class AutoProvider: CredentialProvider {
         stsEndpoint: String? = nil,
         http: HTTPFetcher = HTTPFetcher(timeouts: .standard),
         metadataHTTP: HTTPFetcher = HTTPFetcher(timeouts: .metadata, proxy: .never),
+        clock: any RefreshClock = SystemRefreshClock(),
         logger: Logger = Logger(label: "credfs.auto")
     ) {
         let environment = ProviderEnvironment(environment)
         self.init(
             chain: ProviderConfiguration.autoChain(
                 environment, imdsEndpoint: imdsEndpoint, role: role, stsEndpoint: stsEndpoint),
-            environment: environment, http: http, metadataHTTP: metadataHTTP, logger: logger)
+            environment: environment, http: http, metadataHTTP: metadataHTTP, clock: clock, logger: logger)
     }
 
     public var secrets: [String] { choice?.secrets ?? oidc?.secrets ?? [] }
@@ -137,7 +151,7 @@ public final class AutoProvider: CredentialProvider {
 
     public func fetch() async throws -> Credentials {
         if let kept = choice { return try await attempt(kept) }
-        if accessKey { return try await choose(EnvironmentProvider(environment)) }
+        if accessKey { return try await choose(EnvironmentProvider(environment, clock: clock)) }
         if let oidc { return try await choose(oidc) }
         var tried = [
             "env (\(CloudVariable.accessKeyId) unset)",

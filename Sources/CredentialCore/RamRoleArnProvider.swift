@@ -24,7 +24,7 @@ public final class RamRoleArnProvider: CredentialProvider {
     /// The source's own refresher (its cache, schedule and backoff).
     public let source: Refresher
     let http: HTTPFetcher
-    let now: @Sendable () -> Date
+    let clock: any RefreshClock
     let nonce: @Sendable () -> String
 
     public static let defaultDuration = 3600
@@ -35,12 +35,12 @@ public final class RamRoleArnProvider: CredentialProvider {
         durationSeconds: Int = RamRoleArnProvider.defaultDuration, externalId: String? = nil,
         policy: String? = nil, endpoint: String, http: HTTPFetcher = HTTPFetcher(timeouts: .standard),
         logger: Logger = Logger(label: "credfs.source"),
-        now: @escaping @Sendable () -> Date = { Date() },
+        clock: any RefreshClock = SystemRefreshClock(),
         nonce: @escaping @Sendable () -> String = { UUID().uuidString }
     ) {
         var sourceLogger = logger
         sourceLogger[metadataKey: "source"] = "\(source.name)"
-        self.source = Refresher(provider: source, logger: sourceLogger)
+        self.source = Refresher(provider: source, clock: clock, logger: sourceLogger)
         self.roleArn = roleArn
         self.sessionName = sessionName.flatMap { $0.isEmpty ? nil : $0 }
         self.durationSeconds = durationSeconds
@@ -48,7 +48,7 @@ public final class RamRoleArnProvider: CredentialProvider {
         self.policy = policy.flatMap { $0.isEmpty ? nil : $0 }
         self.endpoint = endpoint
         self.http = http
-        self.now = now
+        self.clock = clock
         self.nonce = nonce
     }
 
@@ -90,7 +90,7 @@ public final class RamRoleArnProvider: CredentialProvider {
     public func fetch() async throws -> Credentials {
         let signer = try await signingCredentials()
         let query = RPCSignature.signedQuery(
-            parameters(signer: signer, time: now()), secret: signer.accessKeySecret)
+            parameters(signer: signer, time: clock.now()), secret: signer.accessKeySecret)
         // The query carries the source's AccessKeyId and token: HTTPFetcher's errors name
         // the URL without it.
         let response: HTTPFetcher.Response
@@ -102,7 +102,7 @@ public final class RamRoleArnProvider: CredentialProvider {
         }
         do {
             return try STSAnswer.parse(
-                action: "AssumeRole", status: response.status, body: response.body, now: now())
+                action: "AssumeRole", status: response.status, body: response.body, now: clock.now())
         } catch {
             if Self.signerRejected(error.message) { source.requestRefresh() }
             throw Self.redacting(signer, from: error)

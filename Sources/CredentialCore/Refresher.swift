@@ -25,18 +25,22 @@ extension CredentialProvider {
     public func restoreCachedState(_ state: ProviderCachedState) {}
 }
 
-/// Time for the refresher: injectable so tests run on a virtual clock.
+/// The one source of wall-clock time in credfs: the refresher, the providers (request
+/// timestamps, the instant an answer's Expiration is judged at), the view source, the
+/// credentials URI server and the mount's start all read it, and tests inject a virtual
+/// one. Wall time is only for what is compared with an Expiration (or shown as a date);
+/// intervals (timeouts, deadlines, backoff between restarts) use `ContinuousClock`.
 public protocol RefreshClock: Sendable {
     func now() -> Date
     func sleep(until deadline: Date) async throws
 }
 
-/// The wall clock.
+/// The wall clock: the only `Date()` in credfs.
 public struct SystemRefreshClock: RefreshClock {
     public init() {}
     public func now() -> Date { Date() }
     public func sleep(until deadline: Date) async throws {
-        let seconds = deadline.timeIntervalSinceNow
+        let seconds = deadline.timeIntervalSince(now())
         if seconds > 0 { try await Task.sleep(for: .seconds(min(seconds, 86_400))) }
     }
 }
@@ -168,7 +172,7 @@ public final class Refresher: Sendable {
         let started = inner.withLock { $0.machine.begin(at: clock.now()) }
         guard started else { return }
         // The HTTP answers' Date headers land in the probe: the cloud's clock.
-        let probe = ServerClockProbe()
+        let probe = ServerClockProbe(clock: clock)
         let result: Result<Credentials, CredentialError> = await ServerClockProbe.$current.withValue(probe) {
             do {
                 return .success(try await provider.fetch())

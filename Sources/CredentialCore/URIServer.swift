@@ -94,7 +94,7 @@ public final class CredentialsURIServer: Sendable {
             return (.methodNotAllowed, error("MethodNotAllowed", "only GET / is served"))
         }
         guard let published = refresher.serving() else {
-            let state = refresher.status(mountedAt: Date(), version: "").state.rawValue
+            let state = refresher.status(mountedAt: refresher.clock.now(), version: "").state.rawValue
             return (
                 .serviceUnavailable,
                 error("CredentialsUnavailable", "no valid credentials (state \(state))")

@@ -90,12 +90,12 @@ public struct VirtualDirectory: Sendable {
     public let permissions: mode_t
     public let uid: uid_t
     public let gid: gid_t
-    /// The directory's `st_mtime` (the mount's start, say).
+    /// The directory's `st_mtime` (the mount's start, say): the caller reads its clock.
     public let mtime: Date
 
     public init(
         files: [VirtualFile], permissions: mode_t = 0o555, uid: uid_t = getuid(), gid: gid_t = getgid(),
-        mtime: Date = Date()
+        mtime: Date
     ) {
         // Versioned inode numbers keep the file index in their low bits.
         self.files = Array(files.prefix(VersionTable.maxFiles))

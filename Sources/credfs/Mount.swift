@@ -154,21 +154,25 @@ struct Mount: AsyncParsableCommand {
         let path =
             hitless.isSuccessor
             ? Hitless.lexicalPath(mountpoint) : URL(fileURLWithPath: mountpoint).standardizedFileURL.path
+        // The one clock: the providers, the refresher, the views, the URI server (through
+        // the refresher) and the mount's start read it.
+        let clock = SystemRefreshClock()
         // Relative paths (the mount point, an OIDC token file) are resolved before this.
-        let provider = source.makeProvider()
+        let provider = source.makeProvider(clock: clock)
         if readyFd != nil {
             // A daemon keeps no caller's working directory busy.
             _ = chdir("/")
         }
         if !hitless.isSuccessor { try MountPoint.prepare(path, logger: logger) }
 
-        let mountedAt = hitless.mountedAt ?? Date()
+        let mountedAt = hitless.mountedAt ?? clock.now()
         let fileSystem = Holder<FuseFileSystem>()
         // systemd: READY=1 once the first credentials are served, STATUS= as things change.
         let notifier = SystemdNotifier()
         let refresher = Refresher(
             provider: provider,
             policy: RefreshPolicy(refreshBefore: refreshBefore?.value),
+            clock: clock,
             logger: Logger(label: "credfs.refresher"),
             beforePublish: { published in hitless.publishing(published) },
             onPublish: { published in
@@ -191,7 +195,7 @@ struct Mount: AsyncParsableCommand {
         let views = CredentialViewSource(
             refresher: refresher, initialWait: initialWait.value, mountedAt: mountedAt,
             version: Credfs.version,
-            region: region)
+            region: region, clock: clock)
         var options = MountOptions()
         options.allowOther = allowOther
         options.debug = fuseDebug
@@ -199,7 +203,7 @@ struct Mount: AsyncParsableCommand {
         let fs = FuseFileSystem(
             tree: Tree.make(
                 views: views, secretMode: mode.value, uid: uid?.value ?? getuid(), gid: gid?.value ?? getgid(),
-                mountedAt: mountedAt, kernelCache: kernelCache),
+                mountedAt: mountedAt, kernelCache: kernelCache, clock: clock),
             mountpoint: path, options: options)
         let kernelCacheMode = kernelCache
         views.reportServing { [fs] in

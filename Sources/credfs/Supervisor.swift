@@ -49,7 +49,7 @@ final class Supervisor {
     struct Child {
         let pid: pid_t
         let pidfd: Int32
-        let started: timespec
+        let started: ContinuousClock.Instant
     }
 
     let mountpoint: String
@@ -475,9 +475,7 @@ final class Supervisor {
             waitpid(pid, &status, 0)
             return nil
         }
-        var started = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &started)
-        return Child(pid: pid, pidfd: pidfd, started: started)
+        return Child(pid: pid, pidfd: pidfd, started: .now)
     }
 
     // MARK: helpers
@@ -490,13 +488,12 @@ final class Supervisor {
         return path.hasSuffix(" (deleted)") ? nil : path
     }
 
+    /// Seconds on `ContinuousClock` since the first call (for deadlines and backoff only).
     static func now() -> Double {
-        var t = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &t)
-        return seconds(t)
+        let elapsed = origin.duration(to: .now).components
+        return Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18
     }
-
-    static func seconds(_ t: timespec) -> Double { Double(t.tv_sec) + Double(t.tv_nsec) / 1e9 }
+    private static let origin = ContinuousClock.now
     static func exitedNormally(_ status: Int32) -> Bool { status & 0x7f == 0 }
     static func exitCode(_ status: Int32) -> Int32 { (status >> 8) & 0xff }
 

@@ -7,7 +7,7 @@ import Glibc
 enum Tree {
     static func make(
         views: CredentialViewSource, secretMode: mode_t, uid: uid_t, gid: gid_t, mountedAt: Date,
-        kernelCache: Bool, clock: any RefreshClock = SystemRefreshClock()
+        kernelCache: Bool, clock: any RefreshClock
     ) -> VirtualDirectory {
         let files = CredentialView.allCases.map { view in
             let peek: @Sendable () -> VirtualFile.Content = {

@@ -200,7 +200,7 @@ import Testing
 
     @Test func theMetadataTokenAndRoleCarryOverToTheSameEndpoint() {
         let now = Fixture.t0
-        let old = EcsMetadataProvider(endpoint: "http://127.0.0.1:9", now: { now }, logger: .quiet)
+        let old = EcsMetadataProvider(endpoint: "http://127.0.0.1:9", clock: VirtualClock(now), logger: .quiet)
         #expect(old.cachedState == nil)
         let renewAt = now.addingTimeInterval(3600)
         old.state.withLock {
@@ -216,7 +216,7 @@ import Testing
         }
         #expect(decoded == carried)
 
-        let successor = EcsMetadataProvider(endpoint: "http://127.0.0.1:9/", now: { now }, logger: .quiet)
+        let successor = EcsMetadataProvider(endpoint: "http://127.0.0.1:9/", clock: VirtualClock(now), logger: .quiet)
         successor.restoreCachedState(decoded ?? ProviderCachedState(provider: "", values: [:]))
         let held = successor.state.withLock { $0 }
         #expect(held.token == "imds-token-abc")
@@ -236,7 +236,7 @@ import Testing
             var values = good
             change(&values)
             let successor = EcsMetadataProvider(
-                endpoint: "http://127.0.0.1:9", role: role, now: { now }, logger: .quiet)
+                endpoint: "http://127.0.0.1:9", role: role, clock: VirtualClock(now), logger: .quiet)
             successor.restoreCachedState(ProviderCachedState(provider: provider, values: values))
             return successor.state.withLock { $0 }
         }

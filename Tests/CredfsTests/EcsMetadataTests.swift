@@ -138,16 +138,14 @@ struct EcsMetadataTests {
         let fake = FakeMetadataServer(lifetime: 86_400)
         try await fake.start()
         defer { Task { await fake.stop() } }
-        let clock = Mutex(Date())
-        let provider = EcsMetadataProvider(endpoint: fake.endpoint, now: { clock.withLock { $0 } })
+        let clock = ManualClock(Date())
+        let provider = EcsMetadataProvider(endpoint: fake.endpoint, clock: clock)
         _ = try await provider.fetch()
-        clock.withLock { $0 += 3600 }
+        clock.advance(by: 3600)
         _ = try await provider.fetch()
         #expect(fake.read { $0.tokenPuts } == 1)
-        clock.withLock {
-            $0 +=
-                TimeInterval(EcsMetadataProvider.tokenTTL) - 3600 - EcsMetadataProvider.tokenRenewBefore + 1
-        }
+        clock.advance(
+            by: TimeInterval(EcsMetadataProvider.tokenTTL) - 3600 - EcsMetadataProvider.tokenRenewBefore + 1)
         _ = try await provider.fetch()
         #expect(fake.read { $0.tokenPuts } == 2)
         #expect(fake.read { $0.roleListGets } == 1)
@@ -224,5 +222,16 @@ struct EcsMetadataTests {
         } catch {
             #expect(error.message.contains("no RAM role is attached"), "\(error.message)")
         }
+    }
+}
+
+/// A wall clock the test moves by hand (the provider never sleeps on it).
+final class ManualClock: RefreshClock, Sendable {
+    private let time: Mutex<Date>
+    init(_ start: Date) { time = Mutex(start) }
+    func now() -> Date { time.withLock { $0 } }
+    func advance(by seconds: TimeInterval) { time.withLock { $0 += seconds } }
+    func sleep(until deadline: Date) async throws {
+        while now() < deadline { try await Task.sleep(for: .milliseconds(10)) }
     }
 }

@@ -95,7 +95,7 @@ struct BridgeMountTests {
         signal(SIGPIPE, SIG_IGN)
         var template = Array("/tmp/credfs-bridge-XXXXXX".utf8CString)
         let dir = String(cString: mkdtemp(&template)!)
-        let fs = FuseFileSystem(tree: VirtualDirectory(files: files), mountpoint: dir)
+        let fs = FuseFileSystem(tree: VirtualDirectory(files: files, mtime: Date()), mountpoint: dir)
         try fs.mount()
         fs.start()
         return (fs, dir)
