@@ -283,12 +283,18 @@ actor SignalRouter {
         await group?.triggerGracefulShutdown()
     }
 
-    /// Before the refresher runs there is nothing to refresh: the first fetch is due anyway.
-    func hangup() { refresher?.requestRefresh() }
+    private var hangupRequested = false
+
+    /// Remembered until the refresher runs: a successor starts with carried credentials and
+    /// no fetch due, so a SIGHUP during its start must not be lost.
+    func hangup() {
+        if let refresher { refresher.requestRefresh() } else { hangupRequested = true }
+    }
 
     func attach(_ group: ServiceGroup, refresher: Refresher) async {
         self.group = group
         self.refresher = refresher
+        if hangupRequested { refresher.requestRefresh() }
         if shutdownRequested { await group.triggerGracefulShutdown() }
     }
 }
