@@ -27,6 +27,13 @@ static inline int credfs_pin_if_loaded(const char *path) {
     return dlopen(path, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE) != NULL;
 }
 
+/// Whether `address` lies in the image of a loaded object (the executable or a shared
+/// object), as the dynamic loader knows it.
+static inline int credfs_in_loaded_object(const void *address) {
+    Dl_info info;
+    return dladdr(address, &info) != 0 && info.dli_fbase != NULL;
+}
+
 /// Gives the heap's free memory back to the kernel (every arena).
 static inline int credfs_malloc_trim(void) { return malloc_trim(0); }
 

@@ -16,9 +16,9 @@ import Glibc
 ///   segment after relocation, a debugger's breakpoint), and, being read-only, nothing can
 ///   be from now on;
 /// - it belongs to the executable (never unmapped) or to a shared object that is pinned
-///   first (`RTLD_NOLOAD | RTLD_NODELETE`: never unmapped either), so no other mapping can
-///   appear at those addresses between the check and `madvise`. Files mapped otherwise
-///   (not loaded objects) are left alone.
+///   first (`RTLD_NOLOAD | RTLD_NODELETE`: never unmapped either), and it lies inside that
+///   loaded image (`dladdr`), so no other mapping can appear at those addresses between
+///   the check and `madvise`. Files mapped otherwise (not loaded objects) are left alone.
 public enum ResidentPages {
     /// Returns the bytes of address space advised (0 if `/proc/self/smaps` is unreadable).
     /// Then hands freed heap memory back too (`malloc_trim`).
@@ -41,7 +41,11 @@ public enum ResidentPages {
                 ours = credfs_pin_if_loaded(mapping.path) != 0
                 pinned[mapping.path] = ours
             }
-            guard ours, let start = UnsafeMutableRawPointer(bitPattern: mapping.start) else { continue }
+            // And the loader places it inside a loaded object's image: not a file some code
+            // mapped itself (which it could unmap, and the addresses be reused, meanwhile).
+            guard ours, let start = UnsafeMutableRawPointer(bitPattern: mapping.start),
+                credfs_in_loaded_object(start) != 0
+            else { continue }
             if madvise(start, mapping.end - mapping.start, MADV_DONTNEED) == 0 {
                 released += mapping.end - mapping.start
             }
