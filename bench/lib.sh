@@ -205,6 +205,15 @@ bench_kv() { # LINE KEY
     printf '\n'
 }
 
+# Pss of a pid (smaps_rollup), in kB.
+bench_pss_kb() { # PID
+    local key value _unit
+    while read -r key value _unit; do
+        [ "$key" = "Pss:" ] && { printf '%s\n' "$value"; return 0; }
+    done <"/proc/$1/smaps_rollup"
+    printf '0\n'
+}
+
 # VmRSS / VmHWM of a pid, in kB.
 bench_rss_kb() { # PID FIELD
     local key value _unit

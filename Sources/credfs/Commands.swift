@@ -6,6 +6,7 @@ import Glibc
 
 struct Unmount: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "unmount",
         abstract: "Unmount credfs; its daemon then exits.")
 
     @Argument(help: "The mount point.")
@@ -24,6 +25,7 @@ struct Unmount: AsyncParsableCommand {
 
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "status",
         abstract: "Print the status of a mount; exit 0 when it is fresh or refreshing, 1 otherwise.")
 
     @Argument(help: "The mount point.")
@@ -43,6 +45,7 @@ struct Status: AsyncParsableCommand {
 
 struct Get: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "get",
         abstract: "Fetch credentials once and print them (no mount).")
 
     /// `--field`: one of the mount's files, those that hold credentials alone (the

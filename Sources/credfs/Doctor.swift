@@ -8,6 +8,7 @@ import Glibc
 /// environment variable it names.
 struct Doctor: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "doctor",
         abstract: "Check a mount and this environment for what makes SDKs miss it; exit 0 when all is well.")
 
     @Argument(help: "The mount point.")

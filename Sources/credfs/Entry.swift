@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import Posix
 
 /// The entry point. Kept out of `main.swift` on purpose: top-level code there is
 /// main-actor isolated, and libfuse's threads must never call into it.
@@ -7,6 +8,7 @@ import Glibc
 enum Entry {
     static func main() async {
         signal(SIGPIPE, SIG_IGN)
+        ResidentPages.limitHeapArenas(to: 2)
         var arguments = Array(CommandLine.arguments.dropFirst())
         if FstabArguments.applies(to: CommandLine.arguments) {
             switch FstabArguments.translate(CommandLine.arguments) {
@@ -17,6 +19,9 @@ enum Entry {
             }
         }
         Invocation.arguments = arguments
+        if let supervise = Supervise.fastPath(arguments) {
+            do { try supervise.run() } catch { exit(1) }
+        }
         do {
             var command = try Credfs.parseAsRoot(arguments)
             if var command = command as? AsyncParsableCommand {

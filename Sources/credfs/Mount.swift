@@ -11,6 +11,7 @@ import UnixSignals
 
 struct Mount: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "mount",
         abstract: "Mount the credential files and keep them fresh.",
         discussion: "Without -f, returns once the mount is live and leaves the daemon running.")
 
@@ -183,6 +184,7 @@ struct Mount: AsyncParsableCommand {
                 let expires = published.credentials.expiration.map(Timestamp.format) ?? "never"
                 notifier.ready(status: "serving generation \(published.generation), expires \(expires)")
                 hitless.changed()
+                MemoryTrim.soon()
             },
             onExpire: {
                 // Cached entries of the expired generation must not outlive it.
@@ -247,6 +249,7 @@ struct Mount: AsyncParsableCommand {
                 "dumpable": "\(credfs_is_dumpable() != 0)",
             ])
         ready?.succeed()
+        MemoryTrim.soon()
 
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: FuseService(fs: fs), successTerminationBehavior: .gracefullyShutdownGroup),

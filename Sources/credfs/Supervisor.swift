@@ -25,6 +25,22 @@ struct Supervise: ParsableCommand {
     }
 }
 
+extension Supervise {
+    /// The argv `mount` spawns (`Supervisor.arguments`), read without the argument parser:
+    /// the supervisor is on the path from `credfs mount` to a live mount, and parsing costs
+    /// more than its whole start. Anything else goes to the argument parser.
+    static func fastPath(_ arguments: [String]) -> Supervise? {
+        guard arguments.count >= 6, arguments[0] == "supervise", arguments[1] == "--mountpoint",
+            arguments[3] == "--ready-fd", let fd = Int32(arguments[4]), arguments[5] == "--"
+        else { return nil }
+        var command = Supervise()
+        command.mountpoint = arguments[2]
+        command.readyFd = fd
+        command.mount = Array(arguments.dropFirst(6))
+        return command
+    }
+}
+
 /// The write end of the supervisor's signal pipe (set before the handlers are installed).
 nonisolated(unsafe) var supervisorSignalPipe: Int32 = -1
 
@@ -78,6 +94,8 @@ final class Supervisor {
     /// Such servers after they were counted as dead: reaped once they end.
     var lingering: Set<pid_t> = []
     var pendingUpgrade: (binary: String, reply: Int32)?
+    /// When to give back the pages that starting or the last message used (`ResidentPages`).
+    var trimAt: Double?
 
     init(mountpoint: String, mountArguments: [String], readyFd: Int32) {
         self.mountpoint = mountpoint
@@ -134,6 +152,7 @@ final class Supervisor {
             return 1
         }
         server = first
+        trimAt = Self.now() + 1
         if readyFd >= 0 {
             close(readyFd)
             readyFd = -1
@@ -155,8 +174,15 @@ final class Supervisor {
         var restartAt: Double?
         while true {
             var timeout: Int32 = -1
-            if let restartAt { timeout = Int32(max(0, min(5000, (restartAt - Self.now()) * 1000))) }
+            for at in [restartAt, trimAt].compactMap({ $0 }) {
+                let wait = Int32(max(0, min(5000, (at - Self.now()) * 1000)))
+                timeout = timeout < 0 ? wait : min(timeout, wait)
+            }
             pump(timeoutMs: timeout)
+            if let at = trimAt, Self.now() >= at {
+                trimAt = nil
+                ResidentPages.releaseCleanFilePages()
+            }
             if terminating, !forwarded {
                 forwarded = true
                 if let server {
@@ -372,6 +398,7 @@ final class Supervisor {
         var unused = fds
         defer { unused.forEach { close($0) } }
         guard uid == getuid() || uid == 0 else { return }
+        if trimAt == nil { trimAt = Self.now() + 1 }
         var fields: [String: String] = [:]
         for line in message.split(separator: "\n") {
             guard let eq = line.firstIndex(of: "=") else { continue }

@@ -7,6 +7,7 @@ import Glibc
 /// the serving process by PATH on the same connection (docs/hitless.md).
 struct Upgrade: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "upgrade",
         abstract: "Replace the daemon serving a mount by another binary, on the same connection.",
         discussion:
             "Exit 0 once the new process serves. If it cannot, exit 1 with the reason; the mount keeps being served by the previous binary."
