@@ -225,16 +225,21 @@ public struct ProviderConfiguration: Sendable {
 
     /// The `auto` chain the environment gives; `role` (`--role`) names the ECS role,
     /// `stsEndpoint` (`--sts-endpoint`) where OIDC goes.
+    /// A relative OIDC token file is made absolute against `workingDirectory` (a background
+    /// daemon leaves it), as for `--provider oidc-role-arn`.
     public static func autoChain(
         _ environment: ProviderEnvironment, imdsEndpoint: String = ProviderFlags.defaultIMDSEndpoint,
-        role: String? = nil, stsEndpoint: String? = nil
+        role: String? = nil, stsEndpoint: String? = nil, workingDirectory: String? = nil
     ) -> AutoChain {
         let endpoint = STSEndpoint.resolve(flag: stsEndpoint, environment: environment)
         var oidc: OIDCSettings?
         if let roleArn = environment.value(CloudVariable.roleArn),
             let providerArn = environment.value(CloudVariable.oidcProviderArn),
-            let tokenFile = environment.value(CloudVariable.oidcTokenFile)
+            let given = environment.value(CloudVariable.oidcTokenFile)
         {
+            let tokenFile =
+                given.hasPrefix("/")
+                ? given : (workingDirectory ?? FileManager.default.currentDirectoryPath) + "/" + given
             oidc = OIDCSettings(
                 roleArn: roleArn, oidcProviderArn: providerArn, tokenFile: tokenFile,
                 sessionName: environment.roleSessionName, durationSeconds: OIDCProvider.defaultDuration,
@@ -420,7 +425,8 @@ struct Resolver {
         case .auto:
             return .auto(
                 ProviderConfiguration.autoChain(
-                    environment, imdsEndpoint: flags.imdsEndpoint, role: flags.role, stsEndpoint: flags.stsEndpoint))
+                    environment, imdsEndpoint: flags.imdsEndpoint, role: flags.role, stsEndpoint: flags.stsEndpoint,
+                    workingDirectory: workingDirectory))
         }
     }
 }

@@ -142,7 +142,7 @@ struct Mount: AsyncParsableCommand {
                     await hitless.handOver()
                 } else if signal == .sighup {
                     logger.info("SIGHUP: refreshing now")
-                    await router.hangup()
+                    router.hangup()
                 } else {
                     logger.info("shutting down", metadata: ["signal": "\(signal)"])
                     await router.shutdown()
@@ -276,28 +276,40 @@ struct Mount: AsyncParsableCommand {
 }
 
 /// Routes SIGTERM/SIGINT/SIGHUP: remembered until the service group and refresher exist.
-actor SignalRouter {
-    private var shutdownRequested = false
-    private var group: ServiceGroup?
-    private var refresher: Refresher?
+final class SignalRouter: Sendable {
+    private struct State: Sendable {
+        var shutdownRequested = false
+        var hangupRequested = false
+        var group: ServiceGroup?
+        var refresher: Refresher?
+    }
+    private let state = Mutex(State())
 
     func shutdown() async {
-        shutdownRequested = true
+        let group = state.withLock { s -> ServiceGroup? in
+            s.shutdownRequested = true
+            return s.group
+        }
         await group?.triggerGracefulShutdown()
     }
-
-    private var hangupRequested = false
 
     /// Remembered until the refresher runs: a successor starts with carried credentials and
     /// no fetch due, so a SIGHUP during its start must not be lost.
     func hangup() {
-        if let refresher { refresher.requestRefresh() } else { hangupRequested = true }
+        let refresher = state.withLock { s -> Refresher? in
+            if s.refresher == nil { s.hangupRequested = true }
+            return s.refresher
+        }
+        refresher?.requestRefresh()
     }
 
     func attach(_ group: ServiceGroup, refresher: Refresher) async {
-        self.group = group
-        self.refresher = refresher
-        if hangupRequested { refresher.requestRefresh() }
-        if shutdownRequested { await group.triggerGracefulShutdown() }
+        let (hangup, shutdown) = state.withLock { s in
+            s.group = group
+            s.refresher = refresher
+            return (s.hangupRequested, s.shutdownRequested)
+        }
+        if hangup { refresher.requestRefresh() }
+        if shutdown { await group.triggerGracefulShutdown() }
     }
 }

@@ -118,6 +118,8 @@ import Testing
     @Test func aRelativeTokenFileIsMadeAbsolute() throws {
         let relative = Self.oidcEnvironment.merging([CloudVariable.oidcTokenFile: "token"]) { _, b in b }
         #expect(try oidc(resolve(.oidcRoleArn, relative, cwd: "/home/u"))?.tokenFile == "/home/u/token")
+        // The auto chain's OIDC source too (a background daemon leaves the directory).
+        #expect(try chain(resolve(.auto, relative, cwd: "/home/u"))?.oidc?.tokenFile == "/home/u/token")
     }
 
     @Test func eachMissingValueHasItsOwnError() {
