@@ -204,6 +204,8 @@ public final class GenerationPins: Sendable {
     private struct Table {
         var pins: [Reader: Pin] = [:]
         var perUser: [UInt32: Int] = [:]
+        /// When pins past their window were last swept out (at most once a second).
+        var sweptAt: Date?
 
         mutating func set(_ reader: Reader, _ pin: Pin?) {
             let had = pins[reader] != nil
@@ -253,12 +255,22 @@ public final class GenerationPins: Sendable {
             }
             table.set(reader, nil)
             guard pin else { return (current, false) }
+            sweep(&table, now: now)
             makeRoom(for: reader.uid, in: &table, now: now)
             table.set(reader, Pin(generation: current, pinnedAt: now))
             return (current, true)
         }
         if made { notify() }
         return generation
+    }
+
+    /// Drops every pin whose window has passed, at most once a second: a group that does
+    /// not come back must not keep its generation's bytes until its user's quota fills.
+    private func sweep(_ table: inout Table, now: Date) {
+        if let last = table.sweptAt, now.timeIntervalSince(last) < 1, now >= last { return }
+        table.sweptAt = now
+        let stale = table.pins.filter { now.timeIntervalSince($0.value.pinnedAt) >= window }.map(\.key)
+        stale.forEach { table.set($0, nil) }
     }
 
     /// Frees a place for one more pin of `uid`: its own oldest when it holds its share,

@@ -93,6 +93,23 @@ struct GenerationPinsTests {
         #expect(read(pins, group: 0, g2, at: t0 + 2) == 2)
     }
 
+    @Test func pinsPastTheirWindowAreSweptWhenAPinIsMade() {
+        // Groups that never come back: their pins (and the generation each holds) go at the
+        // next pin made at least a second later, not when the user's quota fills.
+        let pins = GenerationPins()
+        let g1 = rendered(1, expiresIn: 3600, at: t0)
+        for group in 0..<200 { _ = read(pins, group: Int32(group), g1, at: t0) }
+        #expect(pins.count == 200)
+        let g2 = rendered(2, expiresIn: 3600, at: t0)
+        // Within the window nothing is swept.
+        _ = read(pins, group: 500, g2, at: t0 + 5)
+        #expect(pins.count == 201)
+        // Past it, the next pin made sweeps the 200 (the one from t0 + 5 still holds).
+        _ = read(pins, group: 501, g2, at: t0 + 11)
+        #expect(pins.count == 2)
+        #expect(read(pins, group: 500, g2, at: t0 + 12) == 2)
+    }
+
     @Test func aFloodFromOneUserEvictsNoOtherUsersPin() {
         let pins = GenerationPins(capacity: 4096, perUserCapacity: 1024)
         let g1 = rendered(1, expiresIn: 3600, at: t0)
