@@ -12,21 +12,7 @@ import Testing
     }
 
     /// A loopback URL on which nothing listens.
-    static func closedEndpoint() -> String {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
-        }
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        return "http://127.0.0.1:\(UInt16(bigEndian: address.sin_port))"
-    }
+    static func closedEndpoint() -> String { "http://127.0.0.1:\(unusedLoopbackPort())" }
 
     func doctor(
         _ mountpoint: String, _ extra: [String] = [], environment: [String: String] = cleanEnvironment,

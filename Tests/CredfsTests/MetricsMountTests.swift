@@ -6,22 +6,6 @@ import Testing
 /// (Values against `status` are checked by Tests/clients/test_metrics.py with the
 /// official Prometheus parser.)
 @Suite(.serialized) struct MetricsMountTests {
-    static func freePort() -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
-        }
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        return Int(UInt16(bigEndian: address.sin_port))
-    }
-
     func scrape(_ url: String) throws -> CommandResult {
         try runProcess("/usr/bin/curl", ["-s", "-S", "--max-time", "5", "-w", "\n%{http_code}", url])
     }
@@ -30,7 +14,7 @@ import Testing
         let dir = try TempDir()
         defer { dir.remove() }
         let mountpoint = dir.path + "/mnt"
-        let port = Self.freePort()
+        let port = unusedLoopbackPort()
         // As mount(8) runs the helper: SOURCE MOUNTPOINT -o OPTIONS.
         let mounted = try runCredfs([
             "credfs", mountpoint, "-o", "provider=demo,demo_lifetime=3600,metrics=0.0.0.0:\(port)",

@@ -44,9 +44,4 @@ import Testing
         #expect(!SystemdRestart.hasRestartJob("1234 other.service restart running\n", unit: "credfs.service"))
         #expect(!SystemdRestart.hasRestartJob("credfs.service restart", unit: "credfs.service"))
     }
-
-    @Test func outsideSystemdNeverRestarting() {
-        // This test process has no INVOCATION_ID of its own service with a store.
-        #expect(!SystemdRestart.isRestarting())
-    }
 }
