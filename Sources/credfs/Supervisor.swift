@@ -252,8 +252,7 @@ final class Supervisor {
         close(check.pidfd)
         guard let checked = exits.removeValue(forKey: check.pid) else {
             kill(check.pid, SIGKILL)
-            var status: Int32 = 0
-            waitpid(check.pid, &status, 0)
+            lingering.insert(check.pid)  // reaped when it ends: never a blocking wait
             return "error: \(newBinary) did not answer --version within 5 s"
         }
         guard Self.exitedNormally(checked), Self.exitCode(checked) == 0 else {
@@ -293,8 +292,7 @@ final class Supervisor {
         } else {
             why = "it did not serve within 10 s"
             kill(next.pid, SIGKILL)
-            var status: Int32 = 0
-            waitpid(next.pid, &status, 0)
+            lingering.insert(next.pid)  // reaped when it ends: never a blocking wait
         }
         close(next.pidfd)
         server = spawnServer(binary: binary, first: false)
@@ -498,8 +496,7 @@ final class Supervisor {
         let pidfd = credfs_pidfd_open(pid)
         guard pidfd >= 0 else {
             kill(pid, SIGKILL)
-            var status: Int32 = 0
-            waitpid(pid, &status, 0)
+            lingering.insert(pid)  // reaped when it ends: never a blocking wait
             return nil
         }
         return Child(pid: pid, pidfd: pidfd, started: .now)
