@@ -1,4 +1,5 @@
 import FoundationEssentials
+import Posix
 import Synchronization
 
 /// The files credfs shows, by name (SPEC section 1): the one list every part iterates.
@@ -58,7 +59,7 @@ public final class CredentialViewSource: Sendable {
     let region: String
     let clock: any RefreshClock
     private let current = Mutex<RenderedGeneration?>(nil)
-    private let servingFacts = Mutex<(@Sendable () -> ServingFacts)?>(nil)
+    private let servingFacts = Hook<@Sendable () -> ServingFacts>()
     /// Process group → the generation its field reads are pinned to.
     public let pins: GenerationPins
 
@@ -142,13 +143,13 @@ public final class CredentialViewSource: Sendable {
 
     public func status() -> StatusSnapshot {
         var snapshot = refresher.status(mountedAt: mountedAt, version: version)
-        snapshot.serving = servingFacts.withLock { $0 }?()
+        snapshot.serving = servingFacts.function?()
         return snapshot
     }
 
     /// Where `status` learns how reads are served (set once the mount exists).
     public func reportServing(_ facts: @escaping @Sendable () -> ServingFacts) {
-        servingFacts.withLock { $0 = facts }
+        servingFacts.set(facts)
     }
 
     func statusContent() -> ViewContent {
@@ -199,7 +200,7 @@ public final class GenerationPins: Sendable {
     public let window: TimeInterval
     public let capacity: Int
     public let perUserCapacity: Int
-    private let changed = Mutex<(@Sendable () -> Void)?>(nil)
+    private let changed = Hook<@Sendable () -> Void>()
 
     private struct Table {
         var pins: [Reader: Pin] = [:]
@@ -229,8 +230,8 @@ public final class GenerationPins: Sendable {
 
     /// Called (cheaply, outside the table's lock) after a new pin is made or pins are
     /// restored: what ``export(now:)`` returns has changed.
-    public func onChange(_ hook: (@Sendable () -> Void)?) { changed.withLock { $0 = hook } }
-    private func notify() { changed.withLock { $0 }?() }
+    public func onChange(_ hook: (@Sendable () -> Void)?) { changed.set(hook) }
+    private func notify() { changed.function?() }
 
     /// The reader's pin while fresh and valid; nil otherwise. Changes nothing.
     public func pinned(_ reader: Reader, now: Date) -> RenderedGeneration? {

@@ -85,14 +85,15 @@ public final class FuseFileSystem: Sendable {
     let io = Mutex<SessionIO?>(nil)
     var sessionIO: SessionIO? { io.withLock { $0 } }
     /// Called when what ``exportState()`` returns has changed, and with the kernel's INIT.
-    let hooks = Mutex<(stateChange: (@Sendable () -> Void)?, initRequest: (@Sendable ([UInt8]) -> Void)?)>((nil, nil))
+    let stateChange = Hook<@Sendable () -> Void>()
+    let initRequest = Hook<@Sendable ([UInt8]) -> Void>()
 
     /// Called (cheaply, from any thread) when what ``exportState()`` returns has changed;
     /// set before serving.
     public var onStateChange: (@Sendable () -> Void)? {
-        get { hooks.withLock { $0.stateChange } }
+        get { stateChange.function }
         set {
-            hooks.withLock { $0.stateChange = newValue }
+            stateChange.set(newValue)
             versions.onChange(newValue)
             handles.onChange = newValue
         }
@@ -101,8 +102,8 @@ public final class FuseFileSystem: Sendable {
     /// Called once with the kernel's INIT request, which a successor needs; set before
     /// ``mount()``.
     public var onInitRequest: (@Sendable ([UInt8]) -> Void)? {
-        get { hooks.withLock { $0.initRequest } }
-        set { hooks.withLock { $0.initRequest = newValue } }
+        get { initRequest.function }
+        set { initRequest.set(newValue) }
     }
 
     /// Entry and attribute timeout of versioned inodes, in seconds.

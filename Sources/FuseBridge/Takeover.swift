@@ -38,7 +38,7 @@ extension FuseFileSystem {
     /// The first server: the same custom io as successors, recording the kernel's INIT.
     func installRecordingIO(_ se: OpaquePointer) throws {
         let fd = fuse_session_fd(se)
-        let hook = hooks.withLock { $0.initRequest }
+        let hook = initRequest.function
         let io = try SessionIO(fd: fd, replay: nil, onInit: { request in hook?(request) })
         self.io.withLock { $0 = io }
         var table = SessionIO.table

@@ -1,4 +1,5 @@
 import FoundationEssentials
+import Posix
 import Synchronization
 
 /// The inodes of ``VirtualFile/Caching/versioned`` files: one per (file, version), holding
@@ -25,11 +26,11 @@ final class VersionTable: Sendable {
     static let maxVersion: UInt64 = (UInt64.max - firstInode) >> fileBits
 
     private let nodes = Mutex<[UInt64: Node]>([:])
-    private let changed = Mutex<(@Sendable () -> Void)?>(nil)
+    private let changed = Hook<@Sendable () -> Void>()
 
     /// Called when a node is created or freed (a successor's state changed).
-    func onChange(_ hook: (@Sendable () -> Void)?) { changed.withLock { $0 = hook } }
-    private func notify() { changed.withLock { $0 }?() }
+    func onChange(_ hook: (@Sendable () -> Void)?) { changed.set(hook) }
+    private func notify() { changed.function?() }
 
     /// The inode of `version` of file `fileIndex`; nil for version 0 or out of range.
     static func inode(file fileIndex: Int, version: UInt64) -> UInt64? {

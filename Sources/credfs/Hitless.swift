@@ -4,6 +4,7 @@ import FoundationEssentials
 import FuseBridge
 import Glibc
 import Logging
+import Posix
 import Synchronization
 
 /// The server's side of a takeover (docs/hitless.md): start as the successor of a previous
@@ -27,7 +28,7 @@ final class Hitless: Sendable {
     let inherited: Inherited?
     let logger: Logger
     private let sender = Mutex<StateSender?>(nil)
-    private let handover = Mutex<(@Sendable () async -> Void)?>(nil)
+    private let handover = Hook<@Sendable () async -> Void>()
 
     /// Reads what the fd store passed to this process (nothing for the first server).
     init(logger: Logger) {
@@ -139,16 +140,14 @@ final class Hitless: Sendable {
             // A new pin may come with no new inode or handle (an open of a known inode).
             views.pins.onChange { sender.changed() }
         }
-        handover.withLock {
-            $0 = { [self] in
-                logger.notice("handing the mount over to a successor")
-                handingOver.store(true, ordering: .sequentiallyConsistent)
-                await fs.handOver()
-                finishHandover()
-            }
+        handover.set { [self] in
+            logger.notice("handing the mount over to a successor")
+            handingOver.store(true, ordering: .sequentiallyConsistent)
+            await fs.handOver()
+            finishHandover()
         }
         let push: @Sendable () -> Void = { if storing { sender.pushNow() } }
-        finish.withLock { $0 = push }
+        finish.withLock { $0.push = push }
         if let inherited {
             if inherited.state == nil {
                 ServingProcess.restarts = 1
@@ -183,15 +182,18 @@ final class Hitless: Sendable {
     }
 
     private let handingOver = Atomic<Bool>(false)
-    private let finish = Mutex<(@Sendable () -> Void)?>(nil)
+    /// The final push; its lock also makes the first caller of ``finishHandover()`` the one
+    /// that exits.
+    private let finish = Mutex(Finish())
+    private struct Finish { var push: (@Sendable () -> Void)? }
 
     /// After the loop ended for a handover: push the final state and exit 0, without
     /// unmounting and without `STOPPING=1` (which would end the supervisor). Both the
     /// handover and the end of `serve` call it; the first one exits.
     func finishHandover() {
         guard handingOver.load(ordering: .sequentiallyConsistent) else { return }
-        finish.withLock { push in
-            push?()
+        finish.withLock { finish in
+            finish.push?()
             logger.notice("handed over; exiting without unmounting")
             exit(0)
         }
@@ -208,7 +210,7 @@ final class Hitless: Sendable {
 
     /// SIGUSR2: stop serving, push the final state, exit 0 without unmounting.
     func handOver() async {
-        guard let action = handover.withLock({ $0 }) else { return }
+        guard let action = handover.function else { return }
         await action()
     }
 
