@@ -84,6 +84,78 @@ static inline int credfs_set_nonblock(int fd) {
     return fcntl(fd, F_SETFL, flags | O_NONBLOCK);
 }
 
+// ---- Waiting for a request -----------------------------------------------------------
+#include <stdlib.h>
+#include <sys/epoll.h>
+#ifndef EPOLLEXCLUSIVE
+#define EPOLLEXCLUSIVE (1U << 28)
+#endif
+
+/// Each worker thread's epoll instance: the FUSE descriptor registered EPOLLEXCLUSIVE (a
+/// request wakes one waiting worker, as a blocking read would, not every one of them) and
+/// the stop event registered plainly (it wakes them all). Closed when the thread ends.
+struct credfs_waiter { int epfd; int fd; int stop; };
+static inline void credfs_waiter_free(void *p) {
+    struct credfs_waiter *w = (struct credfs_waiter *)p;
+    close(w->epfd);
+    free(w);
+}
+// Statics live inside functions: Swift imports no header-level static variables.
+static inline pthread_key_t *credfs_waiter_key_slot(void) {
+    static pthread_key_t key;
+    return &key;
+}
+static inline void credfs_waiter_make_key(void) {
+    (void)pthread_key_create(credfs_waiter_key_slot(), credfs_waiter_free);
+}
+
+static inline struct credfs_waiter *credfs_waiter_for(int fd, int stop) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    if (pthread_once(&once, credfs_waiter_make_key) != 0) return NULL;
+    pthread_key_t credfs_waiter_key = *credfs_waiter_key_slot();
+    struct credfs_waiter *w = (struct credfs_waiter *)pthread_getspecific(credfs_waiter_key);
+    if (w && w->fd == fd && w->stop == stop) return w;
+    if (w) {
+        (void)pthread_setspecific(credfs_waiter_key, NULL);
+        credfs_waiter_free(w);
+    }
+    w = (struct credfs_waiter *)malloc(sizeof *w);
+    if (!w) return NULL;
+    w->fd = fd;
+    w->stop = stop;
+    w->epfd = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event request = { .events = EPOLLIN | EPOLLEXCLUSIVE, .data = { .u32 = 1 } };
+    struct epoll_event stopped = { .events = EPOLLIN, .data = { .u32 = 2 } };
+    if (w->epfd < 0 || epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &request) != 0 ||
+        epoll_ctl(w->epfd, EPOLL_CTL_ADD, stop, &stopped) != 0 || pthread_setspecific(credfs_waiter_key, w) != 0) {
+        int saved = errno;
+        if (w->epfd >= 0) close(w->epfd);
+        free(w);
+        errno = saved;
+        return NULL;
+    }
+    return w;
+}
+
+/// Waits until `fd` may have a request (1) or `stop` is readable (2); -1 with errno when
+/// this thread cannot wait this way (the caller then polls).
+static inline int credfs_wait_request(int fd, int stop) {
+    struct credfs_waiter *w = credfs_waiter_for(fd, stop);
+    if (!w) return -1;
+    struct epoll_event events[2];
+    for (;;) {
+        int n = epoll_wait(w->epfd, events, 2, -1);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return -1;
+        int result = 0;
+        for (int i = 0; i < n; i++) {
+            if (events[i].data.u32 == 2) return 2;
+            result = 1;
+        }
+        if (result) return result;
+    }
+}
+
 /// Fills `addr` for a unix socket path; `@name` is the abstract namespace. Returns the
 /// address length, or -1 if the path is too long.
 static inline int credfs_unix_address(const char *path, struct sockaddr_un *addr) {

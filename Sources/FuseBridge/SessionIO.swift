@@ -12,8 +12,9 @@ import Synchronization
 ///   (the kernel already has the first server's answer), and no other worker reads the
 ///   device before that replay is done;
 /// - a server can stop reading without unmounting (a handover), and every worker blocked
-///   in a read wakes at once: the descriptor is non-blocking and reads wait in `poll(2)`
-///   on it and on an event descriptor.
+///   in a read wakes at once: the descriptor is non-blocking and each worker waits in an
+///   epoll instance of its own on it (`EPOLLEXCLUSIVE`: a request wakes one worker, not
+///   all sixteen) and on an event descriptor (which wakes them all).
 ///
 /// Every process uses this same io: libfuse drops the splice capabilities when a custom io
 /// has no splice functions, so a mix would make the successor's INIT negotiate otherwise.
@@ -129,8 +130,12 @@ final class SessionIO: Sendable {
                 // answered EIO: wait (the reply wakes us, or a stop).
                 _ = Self.wait([initEvent, stopEvent])
             case .device:
-                let ready = Self.wait([fd, stopEvent])
-                if ready.contains(stopEvent) { continue }
+                switch credfs_wait_request(fd, stopEvent) {
+                case 2: continue
+                case 1: break
+                default:
+                    if Self.wait([fd, stopEvent]).contains(stopEvent) { continue }
+                }
                 let n = Glibc.read(fd, buffer, capacity)
                 if n < 0 {
                     let error = errno
