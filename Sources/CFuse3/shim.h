@@ -72,6 +72,8 @@ static inline int credfs_seal(int fd) {
 
 static inline int credfs_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
 
+static inline pid_t credfs_gettid(void) { return (pid_t)syscall(SYS_gettid); }
+
 static inline int credfs_set_cloexec(int fd, int on) {
     int flags = fcntl(fd, F_GETFD);
     if (flags < 0) return -1;
@@ -93,8 +95,9 @@ static inline int credfs_set_nonblock(int fd) {
 
 /// Each worker thread's epoll instance: the FUSE descriptor registered EPOLLEXCLUSIVE (a
 /// request wakes one waiting worker, as a blocking read would, not every one of them) and
-/// the stop event registered plainly (it wakes them all). Closed when the thread ends.
-struct credfs_waiter { int epfd; int fd; int stop; };
+/// the stop event registered plainly (it wakes them all). Closed when the thread ends, or
+/// made anew when the thread waits for another session (descriptor numbers can be reused).
+struct credfs_waiter { int epfd; int fd; int stop; uint64_t session; };
 static inline void credfs_waiter_free(void *p) {
     struct credfs_waiter *w = (struct credfs_waiter *)p;
     close(w->epfd);
@@ -109,12 +112,12 @@ static inline void credfs_waiter_make_key(void) {
     (void)pthread_key_create(credfs_waiter_key_slot(), credfs_waiter_free);
 }
 
-static inline struct credfs_waiter *credfs_waiter_for(int fd, int stop) {
+static inline struct credfs_waiter *credfs_waiter_for(int fd, int stop, uint64_t session) {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     if (pthread_once(&once, credfs_waiter_make_key) != 0) return NULL;
     pthread_key_t credfs_waiter_key = *credfs_waiter_key_slot();
     struct credfs_waiter *w = (struct credfs_waiter *)pthread_getspecific(credfs_waiter_key);
-    if (w && w->fd == fd && w->stop == stop) return w;
+    if (w && w->fd == fd && w->stop == stop && w->session == session) return w;
     if (w) {
         (void)pthread_setspecific(credfs_waiter_key, NULL);
         credfs_waiter_free(w);
@@ -123,6 +126,7 @@ static inline struct credfs_waiter *credfs_waiter_for(int fd, int stop) {
     if (!w) return NULL;
     w->fd = fd;
     w->stop = stop;
+    w->session = session;
     w->epfd = epoll_create1(EPOLL_CLOEXEC);
     struct epoll_event request = { .events = EPOLLIN | EPOLLEXCLUSIVE, .data = { .u32 = 1 } };
     struct epoll_event stopped = { .events = EPOLLIN, .data = { .u32 = 2 } };
@@ -138,9 +142,10 @@ static inline struct credfs_waiter *credfs_waiter_for(int fd, int stop) {
 }
 
 /// Waits until `fd` may have a request (1) or `stop` is readable (2); -1 with errno when
-/// this thread cannot wait this way (the caller then polls).
-static inline int credfs_wait_request(int fd, int stop) {
-    struct credfs_waiter *w = credfs_waiter_for(fd, stop);
+/// this thread cannot wait this way (the caller then polls). `session` names the session
+/// the two descriptors belong to.
+static inline int credfs_wait_request(int fd, int stop, uint64_t session) {
+    struct credfs_waiter *w = credfs_waiter_for(fd, stop, session);
     if (!w) return -1;
     struct epoll_event events[2];
     for (;;) {

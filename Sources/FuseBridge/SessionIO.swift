@@ -25,6 +25,10 @@ final class SessionIO: Sendable {
     static let inHeaderSize = 40
 
     let fd: Int32
+    /// Unique in this process: a worker's wait set is made anew for another session, whose
+    /// descriptors may reuse the numbers.
+    private let session: UInt64
+    private static let sessions = Atomic<UInt64>(1)
     /// Readable once the session must stop reading (stop or handover).
     private let stopEvent: Int32
     /// Readable once the replayed INIT has been answered (successors only).
@@ -62,6 +66,7 @@ final class SessionIO: Sendable {
             throw FuseError(description: "cannot make the FUSE descriptor non-blocking")
         }
         self.fd = fd
+        session = Self.sessions.wrappingAdd(1, ordering: .relaxed).oldValue
         self.stopEvent = stopEvent
         self.initEvent = initEvent
         self.onInit = onInit
@@ -130,7 +135,7 @@ final class SessionIO: Sendable {
                 // answered EIO: wait (the reply wakes us, or a stop).
                 _ = Self.wait([initEvent, stopEvent])
             case .device:
-                switch credfs_wait_request(fd, stopEvent) {
+                switch credfs_wait_request(fd, stopEvent, session) {
                 case 2: continue
                 case 1: break
                 default:
