@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 
+@testable import credfs
+
 /// Errors a test harness raises when a condition never came true.
 struct HarnessError: Error, CustomStringConvertible {
     let description: String
@@ -64,25 +66,9 @@ func isMounted(_ path: String) -> Bool {
     }
 }
 
-/// The whole of a /proc file, read(2) to end of file: `String(contentsOfFile:)` stops
-/// after the first 4 KiB of a procfs file (its st_size is 0).
-func readProcFile(_ path: String) -> String? {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var bytes: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = read(fd, &buffer, buffer.count)
-        if n > 0 {
-            bytes.append(contentsOf: buffer.prefix(n))
-        } else if n == 0 {
-            return String(decoding: bytes, as: UTF8.self)
-        } else if errno != EINTR {
-            return nil
-        }
-    }
-}
+/// The whole of a /proc file (the daemon's own reader: `String(contentsOfFile:)` stops after
+/// the first 4 KiB of a procfs file).
+func readProcFile(_ path: String) -> String? { MountPoint.readWhole(path) }
 
 /// Runs `credfs` to completion, capturing its output.
 struct CommandResult {
@@ -190,18 +176,7 @@ final class Daemon {
 
     /// Reads a file from a new process group (`setsid cat`), so no generation pin that this
     /// test process holds applies.
-    func readAsNewGroup(_ name: String) -> String? {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
-        process.arguments = ["--wait", "cat", path(name)]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
-        guard (try? process.run()) != nil else { return nil }
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return process.terminationStatus == 0 ? String(decoding: data, as: UTF8.self) : nil
-    }
+    func readAsNewGroup(_ name: String) -> String? { readFileAsNewGroup(path(name)) }
 
     /// The `status` view, parsed.
     func status() throws -> [String: Any] {
@@ -286,10 +261,31 @@ enum Host {
     }
 }
 
+/// Reads `path` from a new process group (`setsid cat`), as a new script would, so no
+/// generation pin that this test process holds applies.
+func readFileAsNewGroup(_ path: String) -> String? {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
+    process.arguments = ["--wait", "cat", path]
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = FileHandle.nullDevice
+    guard (try? process.run()) != nil else { return nil }
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return process.terminationStatus == 0 ? String(decoding: data, as: UTF8.self) : nil
+}
+
 /// A port on 127.0.0.1 that nothing listened on a moment ago (bound, read, closed).
 func unusedLoopbackPort() -> Int {
+    let (fd, port) = boundLoopbackSocket()
+    close(fd)
+    return port
+}
+
+/// A TCP socket bound to a free port on 127.0.0.1, and that port.
+func boundLoopbackSocket() -> (fd: Int32, port: Int) {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -300,5 +296,5 @@ func unusedLoopbackPort() -> Int {
     _ = withUnsafeMutablePointer(to: &address) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
     }
-    return Int(UInt16(bigEndian: address.sin_port))
+    return (fd, Int(UInt16(bigEndian: address.sin_port)))
 }

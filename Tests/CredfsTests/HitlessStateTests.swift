@@ -37,20 +37,6 @@ struct HitlessStateTests {
         }
     }
 
-    /// Reads `path` from a new process group, as a new script would.
-    static func readAsNewGroup(_ path: String) -> String? {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
-        process.arguments = ["--wait", "cat", path]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
-        guard (try? process.run()) != nil else { return nil }
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return process.terminationStatus == 0 ? String(decoding: data, as: UTF8.self) : nil
-    }
-
     /// One process group (a script) reads `access_key_id` of generation 1, the credentials
     /// rotate to generation 2, the server is replaced (kill -9 or `credfs upgrade`); then the
     /// same group reads `access_key_secret` and `token` of generation 1 from the successor,
@@ -97,7 +83,7 @@ struct HitlessStateTests {
         let old = try mount.serverPID()
         kill(old, SIGHUP)
         try waitUntil("generation 2") { (try? mount.status()["generation"] as? Int) == 2 }
-        #expect(Self.readAsNewGroup(mount.path("access_key_id")) == FakeCredentialServer.accessKeyId(2))
+        #expect(readFileAsNewGroup(mount.path("access_key_id")) == FakeCredentialServer.accessKeyId(2))
         try Self.waitForCarriedState("generation 2 and the group's pin", supervisor: mount.supervisor) { state in
             let credentials = state["credentials"] as? [String: Any]
             let pins = (state["pins"] as? [String: Any])?["pins"] as? [[String: Any]] ?? []
@@ -128,9 +114,9 @@ struct HitlessStateTests {
         group.waitUntilExit()
 
         // A new group gets generation 2, whole.
-        #expect(Self.readAsNewGroup(mount.path("access_key_id")) == FakeCredentialServer.accessKeyId(2))
-        #expect(Self.readAsNewGroup(mount.path("access_key_secret")) == FakeCredentialServer.secret(2))
-        #expect(Self.readAsNewGroup(mount.path("token")) == FakeCredentialServer.token(2))
+        #expect(readFileAsNewGroup(mount.path("access_key_id")) == FakeCredentialServer.accessKeyId(2))
+        #expect(readFileAsNewGroup(mount.path("access_key_secret")) == FakeCredentialServer.secret(2))
+        #expect(readFileAsNewGroup(mount.path("token")) == FakeCredentialServer.token(2))
         #expect(try mount.status()["generation"] as? Int == 2)
         // One request per generation: the successor asked nothing.
         #expect(server.requests == 2)
@@ -199,7 +185,7 @@ struct HitlessStateTests {
             #expect(after.roles == before.roles, "a new role lookup after \(takeover)")
             #expect(after.gets == before.gets + 1)
             #expect(after.tokenless == 0 && after.rejected == 0)
-            #expect(Self.readAsNewGroup(mount.path("token")) == FakeCredentialServer.token(generation))
+            #expect(readFileAsNewGroup(mount.path("token")) == FakeCredentialServer.token(generation))
             HitlessTests.report(
                 "ecs-ram-role across \(takeover): token requests \(before.tokens) -> \(after.tokens), role lookups \(before.roles) -> \(after.roles), credential GETs \(before.gets) -> \(after.gets)"
             )

@@ -34,20 +34,9 @@ import Testing
     }
 
     @Test func busyPortFailsWithOneLineAndNoMount() throws {
-        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (holder, port) = boundLoopbackSocket()
         defer { close(holder) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, length) }
-        }
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(holder, $0, &length) }
-        }
         #expect(listen(holder, 1) == 0)
-        let port = Int(UInt16(bigEndian: address.sin_port))
         let dir = try TempDir()
         defer { dir.remove() }
         let mountpoint = dir.path + "/mnt"

@@ -1,5 +1,6 @@
 import CFuse3
 import Foundation
+import Posix
 import Synchronization
 import Testing
 
@@ -27,28 +28,17 @@ struct ResendTests {
         init(_ name: String, _ argv: [String], output: String) throws {
             self.name = name
             self.output = output
-            var actions = posix_spawn_file_actions_t()
-            posix_spawn_file_actions_init(&actions)
-            defer { posix_spawn_file_actions_destroy(&actions) }
-            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-            posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-            posix_spawn_file_actions_adddup2(&actions, 1, 2)
-            var attributes = posix_spawnattr_t()
-            posix_spawnattr_init(&attributes)
-            defer { posix_spawnattr_destroy(&attributes) }
-            var none = sigset_t()
-            sigemptyset(&none)
-            var all = sigset_t()
-            sigfillset(&all)
-            posix_spawnattr_setsigmask(&attributes, &none)
-            posix_spawnattr_setsigdefault(&attributes, &all)
-            posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-            var cArgs = argv.map { strdup($0) } + [nil]
-            defer { cArgs.forEach { free($0) } }
-            var child = pid_t()
-            let result = posix_spawn(&child, argv[0], &actions, &attributes, &cArgs, environ)
-            guard result == 0 else { throw HarnessError(description: "posix_spawn \(argv[0]): \(result)") }
-            pid = child
+            // Spawn starts every child with each signal at its default action, none blocked.
+            let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+            guard fd >= 0 else { throw HarnessError(description: "open \(output): \(errno)") }
+            defer { close(fd) }
+            var spawn = Spawn(executable: argv[0], arguments: argv)
+            spawn.stdout = .descriptor(fd)
+            spawn.stderr = .descriptor(fd)
+            switch spawn.start() {
+            case .success(let child): pid = child
+            case .failure(let error): throw HarnessError(description: "spawn \(argv[0]): \(error)")
+            }
         }
 
         /// The state letter of /proc/PID/stat (S, D, Z…), nil once reaped.
