@@ -152,12 +152,10 @@ static inline int credfs_wait_request(int fd, int stop, uint64_t session) {
         int n = epoll_wait(w->epfd, events, 2, -1);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) return -1;
-        int result = 0;
         for (int i = 0; i < n; i++) {
             if (events[i].data.u32 == 2) return 2;
-            result = 1;
         }
-        if (result) return result;
+        if (n > 0) return 1;
     }
 }
 
