@@ -230,6 +230,16 @@ enum Host {
     static let canMount: Bool = geteuid() == 0 && access("/dev/fuse", R_OK | W_OK) == 0
     static let canMountReason: Comment = "needs root and /dev/fuse to mount"
 
+    /// The FUSE control filesystem (`/sys/fs/fuse/connections`): a connection's `waiting`
+    /// count and its `abort` switch. `scripts/test` mounts it; systemd machines have it.
+    static let hasFuseControl: Bool =
+        canMount
+        && (readProcFile("/proc/self/mountinfo")?.split(separator: "\n").contains {
+            $0.split(separator: " ").dropFirst(4).first == "/sys/fs/fuse/connections"
+        } ?? false)
+    static let hasFuseControlReason: Comment =
+        "needs the FUSE control filesystem at /sys/fs/fuse/connections (scripts/test mounts it)"
+
     /// overlayfs, for a private view of a system directory in a mount namespace.
     static let hasOverlay: Bool =
         canMount

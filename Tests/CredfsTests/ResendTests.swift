@@ -178,7 +178,9 @@ struct ResendTests {
 
     /// With RESEND (Linux 6.9+): the three parked opens come again and the successor
     /// answers them with the credentials.
-    @Test(.enabled(if: kernelHasResend, "FUSE_NOTIFY_RESEND needs Linux 6.9+"))
+    @Test(
+        .enabled(if: kernelHasResend, "FUSE_NOTIFY_RESEND needs Linux 6.9+"),
+        .enabled(if: Host.hasFuseControl, Host.hasFuseControlReason))
     func withResendParkedOpensAreAnsweredByTheSuccessor() async throws {
         let t = ParkedTakeover()
         do {
@@ -245,7 +247,8 @@ struct ResendTests {
     /// requests; no signal frees them (a handled SIGINT or a fatal SIGTERM moves them from
     /// S to D, SIGKILL too); a lazy unmount does not; the end of the connection (the
     /// supervisor and the server gone) answers them ECONNABORTED.
-    @Test func withoutResendParkedReadersHangUntilTheConnectionEnds() async throws {
+    @Test(.enabled(if: Host.hasFuseControl, Host.hasFuseControlReason))
+    func withoutResendParkedReadersHangUntilTheConnectionEnds() async throws {
         let t = ParkedTakeover()
         do {
             try await t.start(resend: false)
@@ -320,7 +323,8 @@ struct ResendTests {
 
     /// Without RESEND, the other way out: aborting the connection frees the readers at once
     /// and kills the mount for everyone (ENOTCONN), which is what a takeover was meant to avoid.
-    @Test func withoutResendAbortFreesTheReadersAndEndsTheMount() async throws {
+    @Test(.enabled(if: Host.hasFuseControl, Host.hasFuseControlReason))
+    func withoutResendAbortFreesTheReadersAndEndsTheMount() async throws {
         let t = ParkedTakeover()
         do {
             try await t.start(resend: false)
