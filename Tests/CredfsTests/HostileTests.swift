@@ -26,6 +26,9 @@ struct HostileTests {
     @Test func listingInodesAgreeWithStat() throws {
         let daemon = try Daemon(["--provider", "demo"])
         defer { daemon.stop() }
+        // Before the first credentials the names list their base inodes; compare once a
+        // generation is served (the demo rotates every 20 s: far beyond this test).
+        try waitUntil("the first credentials", timeout: 10) { (try? daemon.generation()) ?? 0 >= 1 }
         let listing = try runProcess("/bin/ls", ["-i1", daemon.mountpoint])
         #expect(listing.status == 0)
         var compared = 0
