@@ -36,6 +36,10 @@ public struct RefreshPolicy: Sendable, Equatable {
     public var spreadMinDelay: TimeInterval = 60
     /// Skew the local clock may be behind the cloud's before credfs follows the cloud's.
     public var skewTolerance: TimeInterval = 5
+    /// The least lifetime an answer must have left, by the cloud's clock, to be accepted:
+    /// less is of no use to a reader, and would plan the next request at once
+    /// (docs/decisions.md, "Too short to serve").
+    public var minimumLifetime: TimeInterval = 1
 
     public init(refreshBefore: TimeInterval? = nil) { self.refreshBefore = refreshBefore }
 
@@ -145,6 +149,9 @@ public struct RefreshMachine: Sendable {
         case rotated(generation: Int)
         /// The upstream repeated the credentials already held.
         case unchanged
+        /// The answer expires too soon by the cloud's clock: counted as a failure, with this
+        /// reason (no secret in it), and what is held is kept.
+        case rejected(String)
     }
 
     /// A valid answer arrived. `jitter` is a uniform draw from [0, 1).
@@ -152,6 +159,13 @@ public struct RefreshMachine: Sendable {
     public mutating func succeeded(_ credentials: Credentials, at now: Date, jitter: Double)
         -> Outcome
     {
+        // The parser judged the Expiration by the local clock; the cloud's may say it has
+        // passed (or nearly): such an answer never replaces what is held, and is retried
+        // with backoff like any failure.
+        if let reason = tooShort(credentials, at: now) {
+            failed(reason, at: now, jitter: jitter)
+            return .rejected(reason)
+        }
         finish(at: now)
         inFlight = false
         let spread = offSchedule || consecutiveFailures > 0
@@ -239,6 +253,27 @@ public struct RefreshMachine: Sendable {
             prefetchAt = .distantFuture
         }
         nextRefresh = max(prefetchAt ?? now, now)
+    }
+
+    /// Why an answer arriving at `now` is of no use, or nil: it has less than
+    /// ``RefreshPolicy/minimumLifetime`` left by the cloud's clock.
+    func tooShort(_ credentials: Credentials, at now: Date) -> String? {
+        guard let expiration = credentials.expiration else { return nil }
+        let skew = effectiveSkew
+        let remaining = expiration.timeIntervalSince(now.addingTimeInterval(skew))
+        guard remaining < policy.minimumLifetime else { return nil }
+        let byCloud = skew > 0 ? " by the cloud's clock" : ""
+        let note =
+            skew > 0
+            ? " (the upstream's Date is \(Int(clamping: skew, rounding: .toNearestOrAwayFromZero)) s ahead of the local clock)"
+            : ""
+        let stamp = Timestamp.format(expiration)
+        if remaining <= 0 {
+            let ago = Int(clamping: -remaining, rounding: .down)
+            return "answer already expired\(byCloud): Expiration \(stamp) was \(ago) s ago\(note)"
+        }
+        let least = Int(clamping: policy.minimumLifetime, rounding: .up)
+        return "answer expires too soon\(byCloud): Expiration \(stamp) is less than \(least) s away\(note)"
     }
 
     /// The upstream failed or answered something invalid: keep serving what is held, and

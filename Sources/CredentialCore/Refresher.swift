@@ -194,12 +194,16 @@ public final class Refresher: Sendable {
                 return copy.published
             }
             if let upcoming { beforePublish(upcoming) }
-            let (outcome, published) = inner.withLock { inner in
+            let (outcome, published, failures) = inner.withLock { inner in
                 let outcome = inner.machine.succeeded(credentials, at: now, jitter: jitter)
                 if case .rotated = outcome { inner.loggedExpiry = false }
-                return (outcome, inner.machine.published)
+                return (outcome, inner.machine.published, inner.machine.consecutiveFailures)
             }
-            if case .rotated(let generation) = outcome, let published {
+            if case .rejected(let reason) = outcome {
+                onFailure(reason, failures)
+                logger.warning(
+                    "refresh failed", metadata: ["error": "\(reason)", "consecutiveFailures": "\(failures)"])
+            } else if case .rotated(let generation) = outcome, let published {
                 onPublish(published)
                 logger.info(
                     "new credentials",

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 
 @testable import CredentialCore
@@ -141,5 +142,178 @@ import Testing
                 #expect(remaining > 2990 && remaining <= 3000, "\(remaining)")
             }
         }
+    }
+}
+
+/// An answer that the cloud's clock says has expired, or nearly (issue 26): a mount holds a
+/// set valid for 290 s more, and the upstream answers with an Expiration 24 s ahead of the
+/// local clock and a `Date` 60 s ahead. It must not replace the held set, and it counts as
+/// a failure with backoff (not a new generation planned in the past: a busy loop).
+@Suite struct ExpiredByTheCloudTests {
+    let t0 = Fixture.t0
+    func at(_ seconds: TimeInterval) -> Date { t0.addingTimeInterval(seconds) }
+
+    /// Holds generation 1, expiring at t0 + 300 (the cloud's clock agreeing with ours).
+    func holding() -> RefreshMachine {
+        var policy = RefreshPolicy()
+        policy.spreadFraction = 0
+        var m = RefreshMachine(policy: policy, now: t0)
+        _ = m.begin(at: t0)
+        m.observeClock(serverDate: t0, at: t0)
+        #expect(m.succeeded(Fixture.sts(expiration: at(300)), at: t0, jitter: 0) == .rotated(generation: 1))
+        return m
+    }
+
+    /// The skewed answer of the issue, arriving at `now`.
+    static func skewedAnswer(
+        _ m: inout RefreshMachine, at now: Date, id: String = "STS.SKEWED-0000001", jitter: Double = 0
+    )
+        -> RefreshMachine.Outcome
+    {
+        m.observeClock(serverDate: now.addingTimeInterval(60), at: now)
+        return m.succeeded(Fixture.sts(id: id, expiration: now.addingTimeInterval(24)), at: now, jitter: jitter)
+    }
+
+    @Test func isRejectedAndTheHeldSetKept() throws {
+        var m = holding()
+        let now = at(10)
+        m.requestNow(at: now)
+        let began = m.begin(at: now)
+        #expect(began)
+        let outcome = Self.skewedAnswer(&m, at: now)
+        guard case .rejected(let reason) = outcome else {
+            Issue.record("accepted: \(outcome)")
+            return
+        }
+        #expect(
+            reason
+                == "answer already expired by the cloud's clock: Expiration 2024-05-21T09:40:03Z was 36 s ago "
+                + "(the upstream's Date is 60 s ahead of the local clock)")
+        // Still generation 1, valid (by the cloud's clock it now ends at local t0 + 240).
+        #expect(m.published?.generation == 1)
+        #expect(m.serving(at: now)?.credentials.accessKeyId == Fixture.accessKeyId)
+        #expect(m.localExpiry == at(240))
+        #expect(m.state(at: now) == .stale)
+        #expect(m.consecutiveFailures == 1)
+        #expect(m.lastError == reason)
+        #expect(m.results.failure == 1 && m.results.success == 1)
+        #expect(!m.inFlight)
+        // Backed off, not due again at once.
+        #expect(m.nextRefresh >= now.addingTimeInterval(m.policy.minimumRetry))
+        let status = StatusSnapshot(machine: m, provider: "uri", mountedAt: t0, version: "v", now: now)
+        #expect(status.lastError == reason && status.consecutiveFailures == 1 && status.state == .stale)
+    }
+
+    /// Driven as the refresher drives it, for two seconds of virtual time, against an
+    /// upstream that keeps sending such answers: a handful of requests, not thousands.
+    @Test func aSkewedUpstreamIsAskedWithBackoff() {
+        var m = holding()
+        var now = at(10)
+        m.requestNow(at: now)
+        var requests = 0
+        var accepted = 0
+        while now < at(12), requests < 10_000 {
+            if m.isDue(at: now) {
+                let began = m.begin(at: now)
+                #expect(began)
+                requests += 1
+                let outcome = Self.skewedAnswer(&m, at: now, id: "STS.SKEWED-\(requests)-00000", jitter: 0.5)
+                if case .rejected = outcome {} else { accepted += 1 }
+            } else {
+                now = max(now, m.nextRefresh)
+            }
+        }
+        // Backoff 1, 2 s ceilings at half jitter: requests at 10, 10.55, 11.6.
+        #expect(accepted == 0, "\(accepted) answers accepted")
+        #expect(requests == 3, "\(requests) requests in 2 s")
+        #expect(m.consecutiveFailures == requests)
+        #expect(m.serving(at: now)?.generation == 1)
+        #expect(m.upstreamRequests == requests + 1)
+    }
+
+    @Test func lessThanASecondLeftIsTooShort() {
+        var m = holding()
+        // Expirations are whole seconds: half a second before one.
+        let now = at(9.5)
+        _ = m.begin(at: now)
+        let outcome = m.succeeded(Fixture.sts(id: "STS.SHORT-00000001", expiration: at(10)), at: now, jitter: 0)
+        #expect(outcome == .rejected("answer expires too soon: Expiration 2024-05-21T09:39:39Z is less than 1 s away"))
+        #expect(m.published?.generation == 1)
+        #expect(m.consecutiveFailures == 1)
+        // A second and a half (the demo's shortest set, 2 s, cut to whole seconds, has more
+        // than one) is served.
+        _ = m.begin(at: now)
+        let next = m.succeeded(Fixture.sts(id: "STS.SHORT-00000002", expiration: at(11)), at: now, jitter: 0)
+        #expect(next == .rotated(generation: 2))
+        #expect(m.consecutiveFailures == 0 && m.lastError == nil)
+    }
+
+    /// Within the tolerated skew the local clock judges, as before.
+    @Test func aToleratedSkewJudgesByTheLocalClock() {
+        var m = holding()
+        let now = at(10)
+        _ = m.begin(at: now)
+        m.observeClock(serverDate: now.addingTimeInterval(4), at: now)
+        #expect(
+            m.succeeded(Fixture.sts(id: "STS.CLOSE-00000001", expiration: at(13)), at: now, jitter: 0)
+                == .rotated(generation: 2))
+    }
+}
+
+/// The same through the refresher's own loop on a virtual clock: the provider reports the
+/// upstream's `Date` as an HTTP fetch does.
+@Suite struct RefresherExpiredByTheCloudTests {
+    final class SkewedUpstream: CredentialProvider, Sendable {
+        let name = "skewed"
+        let clock: VirtualClock
+        /// Local seconds from now to the Expiration it hands out.
+        let expiresIn = Mutex<TimeInterval>(290 + 60)
+        let calls = Counter()
+        init(clock: VirtualClock) { self.clock = clock }
+        func fetch() async throws -> Credentials {
+            calls.increment()
+            let now = clock.now()
+            ServerClockProbe.report(now.addingTimeInterval(60))
+            return Fixture.sts(
+                id: "STS.SKEWED-\(calls.value)-0000000", expiration: now.addingTimeInterval(expiresIn.withLock { $0 }))
+        }
+    }
+
+    @Test func theLoopBacksOffAndKeepsServing() async throws {
+        let clock = VirtualClock(Fixture.t0)
+        let upstream = SkewedUpstream(clock: clock)
+        let failures = Mutex<[String]>([])
+        let refresher = Refresher(
+            provider: upstream, clock: clock, random: { 0.5 }, logger: .quiet,
+            onFailure: { message, _ in failures.withLock { $0.append(message) } })
+        await refresher.refresh()
+        #expect(refresher.serving()?.generation == 1)
+        upstream.expiresIn.withLock { $0 = 24 }
+        refresher.requestRefresh()
+        let loop = Task { await refresher.run() }
+        defer { loop.cancel() }
+        // The rejected answer is a failure, and the loop then sleeps until its backoff ends.
+        let settled = await waitUntil {
+            refresher.machine.consecutiveFailures == 1 && clock.sleeperCount == 1
+        }
+        #expect(settled, "the loop never slept: \(upstream.calls.value) upstream requests")
+        #expect(upstream.calls.value == 2)
+        // Two seconds of virtual time, one deadline at a time.
+        let end = Fixture.t0.addingTimeInterval(2)
+        while let deadline = clock.earliestDeadline, deadline <= end {
+            let before = upstream.calls.value
+            clock.advance(to: deadline)
+            _ = await waitUntil { clock.sleeperCount == 1 && upstream.calls.value > before }
+        }
+        #expect(upstream.calls.value <= 4, "\(upstream.calls.value) upstream requests in 2 s")
+        let status = refresher.status(mountedAt: Fixture.t0, version: "t")
+        #expect(status.state == .stale)
+        #expect(status.generation == 1)
+        #expect(status.consecutiveFailures == upstream.calls.value - 1)
+        #expect(
+            status.lastError?.hasPrefix("answer already expired by the cloud's clock") == true,
+            "\(status.lastError ?? "nil")")
+        #expect(refresher.serving()?.credentials.accessKeyId == "STS.SKEWED-1-0000000")
+        #expect(failures.withLock { $0.count } == upstream.calls.value - 1)
     }
 }
