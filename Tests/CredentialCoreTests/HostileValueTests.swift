@@ -219,10 +219,16 @@ import Testing
     }
 
     @Test func procfsFilesThatClaimSizeZeroAreReadBounded() throws {
-        // /proc/self/maps says st_size 0 and is usually under 64 KiB; whatever it holds, the
-        // read stops one byte past the limit.
-        let bytes = try? SmallFile.read("/proc/self/status", what: "test file")
-        #expect((bytes?.count ?? 0) > 0)
+        // /proc/self/maps says st_size 0 and holds more than 1 KiB (a test process maps
+        // dozens of libraries): read whole under the 64 KiB limit, refused under a 1 KiB one,
+        // where the read stops one byte past the limit whatever stat said.
+        var st = stat()
+        #expect(stat("/proc/self/maps", &st) == 0 && st.st_size == 0)
+        let whole = try SmallFile.read("/proc/self/maps", what: "test file")
+        #expect(whole.count > 1024)
+        #expect(throws: CredentialError("the test file /proc/self/maps is larger than 1 KiB")) {
+            try SmallFile.read("/proc/self/maps", what: "test file", limit: 1024)
+        }
     }
 
     @Test func theOIDCTokenIsTrimmedAndAnEmptyOneIsAnError() throws {

@@ -112,7 +112,7 @@ struct AutoChainTests {
         #expect(f.ecs.read { $0.tokenPuts } == 1)
         #expect(f.ecs.read { $0.roleListGets + $0.credentialGets } == 0)
 
-        let refused = f.auto(f.uriVariable, imds: "http://127.0.0.1:9")
+        let refused = f.auto(f.uriVariable, imds: "http://127.0.0.1:\(unusedLoopbackPort())")
         started = Date()
         _ = try await refused.fetch()
         let refusedCost = Date().timeIntervalSince(started)

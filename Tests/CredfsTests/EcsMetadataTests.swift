@@ -195,7 +195,7 @@ struct EcsMetadataTests {
         #expect(fake.read { $0.tokenPuts } == 2)
     }
 
-    @Test func aHangingTokenEndpointFallsBackWithinTheMetadataTimeout() async throws {
+    @Test func aHangingTokenEndpointFallsBackToIMDSv1() async throws {
         let fake = FakeMetadataServer(tokenMode: .hangs)
         try await fake.start()
         defer { Task { await fake.stop() } }
@@ -204,7 +204,9 @@ struct EcsMetadataTests {
         let credentials = try await provider.fetch()
         let took = Date().timeIntervalSince(started)
         #expect(credentials.accessKeyId == FakeCredentialServer.accessKeyId(1))
-        #expect(took < 2.5, "took \(took) s")
+        // The metadata service's 1 s read timeout, not the next larger one (5 s connect, 10 s
+        // read of the credentials URI and STS): a loaded machine still stays well under 5 s.
+        #expect(took < 5, "took \(took) s")
         print(
             "ecs-ram-role: hanging token endpoint, IMDSv1 fallback served after \(String(format: "%.2f", took)) s"
         )

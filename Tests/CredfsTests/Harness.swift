@@ -134,18 +134,20 @@ final class Daemon {
     /// False when another daemon will reuse the directory after this one.
     var removesDirectory = true
 
-    /// Starts the daemon and waits until the mount answers.
+    /// Starts the daemon and waits until the mount answers. `launcher` runs it (`unshare …`,
+    /// `setpriv …`): its argv, then credfs's.
     init(
         _ arguments: [String], environment: [String: String]? = nil, waitForMount: Bool = true,
-        in existing: TempDir? = nil
+        in existing: TempDir? = nil, launcher: [String] = []
     ) throws {
         dir = try existing ?? TempDir()
         mountpoint = dir.path + "/mnt"
         logPath = dir.path + "/credfs.log"
         FileManager.default.createFile(atPath: logPath, contents: nil)
         process = Process()
-        process.executableURL = URL(fileURLWithPath: Binary.credfs)
-        process.arguments = ["mount", mountpoint, "-f"] + arguments
+        let argv = launcher + [Binary.credfs, "mount", mountpoint, "-f"] + arguments
+        process.executableURL = URL(fileURLWithPath: argv[0])
+        process.arguments = Array(argv.dropFirst())
         process.environment = environment ?? Host.hermeticEnvironment
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
         process.standardOutput = FileHandle.nullDevice
@@ -240,10 +242,21 @@ enum Host {
     static let hasFuseControlReason: Comment =
         "needs the FUSE control filesystem at /sys/fs/fuse/connections (scripts/test mounts it)"
 
-    /// overlayfs, for a private view of a system directory in a mount namespace.
-    static let hasOverlay: Bool =
-        canMount
-        && ((try? String(contentsOfFile: "/proc/filesystems", encoding: .utf8))?.contains("\toverlay") ?? false)
+    /// overlayfs, for a private view of a system directory in a mount namespace. A kernel
+    /// that has it as a module not loaded yet gets it loaded (`modprobe overlay`).
+    static let hasOverlay: Bool = {
+        func listed() -> Bool {
+            (try? String(contentsOfFile: "/proc/filesystems", encoding: .utf8))?.contains("\toverlay") ?? false
+        }
+        guard canMount else { return false }
+        if listed() { return true }
+        let candidates: [String] = ["/usr/sbin/modprobe", "/sbin/modprobe"]
+        let modprobe = candidates.first { access($0, X_OK) == 0 }
+        guard let modprobe, (try? runProcess(modprobe, ["overlay"]))?.status == 0 else { return false }
+        return listed()
+    }()
+    static let hasOverlayReason: Comment =
+        "needs root and overlayfs: not in /proc/filesystems, and `modprobe overlay` did not load it"
 
     /// Names, sizes, modes and mtimes of what `paths` hold (one level down): equal before and
     /// after a test run means the run changed none of them.

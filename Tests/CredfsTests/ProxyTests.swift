@@ -184,17 +184,18 @@ struct ProxyTests {
 
     @Test func errorsAreOneLineWithoutQueryOrUserinfo() async throws {
         let fetcher = HTTPFetcher(timeouts: .metadata, proxy: .never)
+        let port = unusedLoopbackPort()
         do {
-            _ = try await fetcher.send(url: "http://user:pa55word@127.0.0.1:1/x?secret=abc#frag")
-            Issue.record("port 1 answered")
+            _ = try await fetcher.send(url: "http://user:pa55word@127.0.0.1:\(port)/x?secret=abc#frag")
+            Issue.record("port \(port) answered")
         } catch {
             #expect(!error.message.contains("\n"))
             #expect(!error.message.contains("abc"))
             #expect(!error.message.contains("pa55word"))
-            #expect(error.message.contains("http://127.0.0.1:1/x"))
+            #expect(error.message.contains("http://127.0.0.1:\(port)/x"))
         }
         do {
-            _ = try await fetcher.send(url: "http://127.0.0.1:1/", headers: [("X-Bad", "a\r\nInjected: 1")])
+            _ = try await fetcher.send(url: "http://127.0.0.1:\(port)/", headers: [("X-Bad", "a\r\nInjected: 1")])
             Issue.record("a header with a line break was sent")
         } catch {
             #expect(error.message.contains("line break"))

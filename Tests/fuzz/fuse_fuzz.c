@@ -20,7 +20,9 @@
  * whole. Every full read of `credentials`, `env`, `config.json` or a field file is checked:
  * the exact layout credfs renders, all values of one generation (the helper tags each
  * value with the generation and a length the check recomputes), no value from an answer
- * the helper marked bad, and an Expiration after the moment the open began.
+ * the helper marked bad, and an Expiration after the moment the open began. Every failed
+ * open must fail with an errno its flags and name explain (open_errno_expected); any other
+ * errno is a violation.
  * The status reader records its slowest read; the parent kills everything and reports a
  * hang when any single call (or a status read) takes longer than --hang-ms.
  *
@@ -401,6 +403,27 @@ static void check(const char *name, const char *buf, size_t n, double opened, co
     }
 }
 
+/* Whether a failed open's errno is one the name and flags explain, for a user other than
+ * the owner on a read-only 0444 tree. Anything else (ESTALE leaking out of a rotation, an
+ * errno a bug made up) is a violation, not a count. */
+static int open_errno_expected(int e, int flags) {
+    switch (e) {
+    case EIO:                       /* no valid credentials: expired, or none yet */
+    case ENOENT: case ENOTDIR:      /* the names that do not exist, "credentials/x" */
+    case EACCES: case EROFS:        /* write access, O_TRUNC on a 0444 file */
+    case EISDIR:                    /* a directory opened for writing */
+    case EINVAL:                    /* a flag mix the kernel refuses (O_DIRECT, random bits) */
+    case EINTR:                     /* a signal during a parked open */
+    case EMFILE: case ENFILE:
+        return 1;
+    case EEXIST: return (flags & O_CREAT) != 0;
+    case EPERM: return (flags & O_NOATIME) != 0; /* not the owner */
+    case ELOOP: return (flags & O_NOFOLLOW) != 0;
+    case EWOULDBLOCK: return (flags & O_NONBLOCK) != 0;
+    default: return 0;
+    }
+}
+
 /* Opens `name` and reads it whole in random-sized pieces; checks what it got. */
 static void full_read(const char *name) {
     char path[4096];
@@ -411,9 +434,13 @@ static void full_read(const char *name) {
     int flags = O_RDONLY | (chance(20) ? O_DIRECT : 0) | (chance(20) ? O_NONBLOCK : 0);
     int fd = open(path, flags);
     if (fd < 0) {
+        int saved = errno;
         end(OP_FULLREAD, -1);
         add(&sh->full_failed, 1);
-        note("full-read %s: open errno %d", name, errno);
+        note("full-read %s: open errno %d", name, saved);
+        if (!open_errno_expected(saved, flags))
+            violation("full read of %s: open with flags 0x%x failed with unexpected errno %d (%s)", name, flags,
+                      saved, strerror(saved));
         return;
     }
     size_t n = 0;
@@ -861,7 +888,11 @@ static void open_op(void) {
     begin(OP_OPEN);
     int fd = open(path, flags, 0644);
     end(OP_OPEN, fd);
-    note("open %s 0x%x -> %d errno %d", name, flags, fd, fd < 0 ? errno : 0);
+    int saved = errno;
+    note("open %s 0x%x -> %d errno %d", name, flags, fd, fd < 0 ? saved : 0);
+    if (fd < 0 && !open_errno_expected(saved, flags))
+        violation("open %s with flags 0x%x failed with unexpected errno %d (%s)", name, flags, saved,
+                  strerror(saved));
     if (fd >= 0) {
         if ((flags & O_ACCMODE) != O_RDONLY || (flags & (O_CREAT | O_TRUNC)) == O_TRUNC)
             if (!(flags & O_PATH)) violation("open %s with flags 0x%x succeeded on a read-only tree", name, flags);
