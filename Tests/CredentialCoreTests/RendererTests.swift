@@ -180,7 +180,7 @@ import Testing
     static let statusKeys = [
         "state", "provider", "generation", "accessKeyId", "expiration", "secondsRemaining",
         "lastRefresh",
-        "nextRefresh", "consecutiveFailures", "lastError", "upstreamRequests", "mountedAt", "pid", "restarts",
+        "nextRefresh", "consecutiveFailures", "lastError", "upstreamRequests", "mountedAt", "pid", "restarts", "carriedState",
         "version", "clockSkewSeconds",
     ]
 
