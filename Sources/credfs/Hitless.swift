@@ -80,8 +80,11 @@ final class Hitless: Sendable {
             if let fuseFd { close(fuseFd) }
             states.forEach { close($0.fd) }
             floors.forEach { close($0) }
-            unusedNames = Array(Set(unused + states.map { Self.statePrefix + String($0.sequence) }
-                + (floors.isEmpty ? [] : [StateFloor.name]))).sorted()
+            unusedNames = Array(
+                Set(
+                    unused + states.map { Self.statePrefix + String($0.sequence) }
+                        + (floors.isEmpty ? [] : [StateFloor.name]))
+            ).sorted()
             inherited = nil
             return
         }
@@ -95,7 +98,8 @@ final class Hitless: Sendable {
                     problem = .unreadable("state.\(sequence) (\(bytes.count) bytes) is not a state this binary reads")
                 }
             } else if problem == nil {
-                problem = .unreadable("state.\(sequence) is larger than \(CarriedState.readLimit >> 20) MiB or unreadable")
+                problem = .unreadable(
+                    "state.\(sequence) is larger than \(CarriedState.readLimit >> 20) MiB or unreadable")
             }
         }
         states.forEach { close($0.fd) }

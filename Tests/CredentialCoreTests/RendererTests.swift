@@ -180,7 +180,8 @@ import Testing
     static let statusKeys = [
         "state", "provider", "generation", "accessKeyId", "expiration", "secondsRemaining",
         "lastRefresh",
-        "nextRefresh", "consecutiveFailures", "lastError", "upstreamRequests", "mountedAt", "pid", "restarts", "carriedState",
+        "nextRefresh", "consecutiveFailures", "lastError", "upstreamRequests", "mountedAt", "pid", "restarts",
+        "carriedState",
         "version", "clockSkewSeconds",
     ]
 
