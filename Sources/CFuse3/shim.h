@@ -199,7 +199,8 @@ static inline int credfs_send_fds(const char *path, const void *msg, size_t len,
         c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
         memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
     }
-    ssize_t n = sendmsg(sock, &mh, MSG_NOSIGNAL);
+    // Never waits: a full queue (a stalled receiver) is an error (EAGAIN) the caller retries.
+    ssize_t n = sendmsg(sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
     int saved = errno;
     close(sock);
     errno = saved;

@@ -77,6 +77,9 @@ public struct RefreshMachine: Sendable {
     /// When the current set would be replaced on the steady schedule (10% jitter); an
     /// unchanged answer before it waits for it rather than polling.
     public private(set) var steadyPrefetchAt: Date?
+    /// Generations at or below this are never numbered again (a successor's floor,
+    /// docs/hitless.md): the next new set is `max(generation, generationFloor) + 1`.
+    public private(set) var generationFloor = 0
     /// The cloud's clock minus the local clock, from the last answer's HTTP `Date`
     /// (positive: the local clock is behind); nil until an upstream has told.
     public private(set) var clockSkew: TimeInterval?
@@ -194,7 +197,7 @@ public struct RefreshMachine: Sendable {
             }
             return .unchanged
         }
-        let generation = (published?.generation ?? 0) + 1
+        let generation = max(published?.generation ?? 0, generationFloor) + 1
         published = Published(credentials: credentials, generation: generation, fetchedAt: now)
         offSchedule = false
         results.success += 1
@@ -276,6 +279,14 @@ public struct RefreshMachine: Sendable {
         return "answer expires too soon\(byCloud): Expiration \(stamp) is less than \(least) s away\(note)"
     }
 
+    /// A successor's counts that did not come with credentials (the store's floor): the
+    /// upstream requests made so far, and the highest generation ever announced. Both only
+    /// go up.
+    public mutating func carry(upstreamRequests: Int, generationFloor: Int) {
+        self.upstreamRequests = max(self.upstreamRequests, upstreamRequests)
+        self.generationFloor = max(self.generationFloor, generationFloor)
+    }
+
     /// The upstream failed or answered something invalid: keep serving what is held, and
     /// retry after a full-jitter exponential backoff. `jitter` is a uniform draw from [0, 1).
     public mutating func failed(_ error: String, at now: Date, jitter: Double) {
@@ -330,6 +341,8 @@ public struct StatusSnapshot: Sendable, Equatable {
     /// The process serving the mount now, and how many took over since it was mounted.
     public var pid: Int = Int(getpid())
     public var restarts: Int = ServingProcess.restarts
+    /// What this process took over from its predecessor (``ServingProcess/carriedState``).
+    public var carriedState: String = ServingProcess.carriedState ?? "none"
 
     public init(
         machine: RefreshMachine, provider: String, mountedAt: Date, version: String, now: Date

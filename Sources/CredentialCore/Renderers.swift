@@ -63,6 +63,7 @@ public enum Render {
             ("mountedAt", time(s.mountedAt)),
             ("pid", int(s.pid)),
             ("restarts", int(s.restarts)),
+            ("carriedState", str(s.carriedState)),
             ("version", str(s.version)),
             ("clockSkewSeconds", int(s.clockSkewSeconds)),
         ]

@@ -95,7 +95,6 @@ public final class FuseFileSystem: Sendable {
         set {
             stateChange.set(newValue)
             versions.onChange(newValue)
-            handles.onChange = newValue
         }
     }
 

@@ -248,7 +248,7 @@ enum FuseOps {
                 continue
             case .bytes(let bytes, _, let version):
                 guard let node else {
-                    reply(req, fs: fs, inode: inode, info: &info, snapshot: bytes)
+                    reply(req, fs: fs, inode: inode, info: &info, snapshot: bytes, uid: caller.uid)
                     return
                 }
                 if version == node.version {
@@ -270,11 +270,13 @@ enum FuseOps {
         }
     }
 
-    /// Opens a snapshot read with `direct_io` through a handle.
+    /// Opens a snapshot read with `direct_io` through a handle (`uid`'s share of snapshots
+    /// allowing, else the handle reads the current bytes: see ``HandleTable``).
     static func reply(
-        _ req: fuse_req_t, fs: FuseFileSystem, inode: UInt64, info: inout fuse_file_info, snapshot: [UInt8]
+        _ req: fuse_req_t, fs: FuseFileSystem, inode: UInt64, info: inout fuse_file_info, snapshot: [UInt8],
+        uid: uid_t
     ) {
-        let handle = fs.handles.add(.file(inode: inode, bytes: snapshot))
+        let handle = fs.handles.add(.file(inode: inode, bytes: snapshot, uid: uid))
         info.fh = handle
         info.direct_io = 1
         info.keep_cache = 0
@@ -299,7 +301,8 @@ enum FuseOps {
                         // not carried over: the inode's bytes never change.
                         bytes = node.bytes
                     } else if handle != 0, let current = fs.unknownHandleBytes(inode: inode) {
-                        // An unversioned file's handle of an earlier server (Takeover.swift).
+                        // An unversioned file's handle of an earlier server (Takeover.swift),
+                        // or one past its opener's share of snapshots (HandleTable.swift).
                         bytes = current
                     } else {
                         _ = fuse_reply_err(req, fs.opensEnded ? EIO : EBADF)

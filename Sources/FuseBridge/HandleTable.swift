@@ -8,52 +8,82 @@ import Synchronization
 ///
 /// A key is `epoch << 32 | serial`: each process picks an epoch no carried handle uses, so
 /// a handle it creates never equals one the kernel still holds from an earlier server.
+///
+/// Bounded whatever users do: a handle costs a table entry; the snapshot it reads from is
+/// kept for at most ``snapshotsPerUser`` handles of one user (and ``snapshots`` in all).
+/// Past that a handle reads the file's current bytes, as a handle of an earlier server
+/// does. Handles are not carried to a successor, only their epochs (docs/hitless.md).
 final class HandleTable: Sendable {
     enum Entry: Sendable {
-        /// A file's snapshot for one open, with the inode it was opened on.
-        case file(inode: UInt64, bytes: [UInt8])
+        /// A file's snapshot for one open (nil: past the opener's share, read the current
+        /// bytes), with the inode it was opened on and who opened it.
+        case file(inode: UInt64, bytes: [UInt8]?, uid: UInt32)
         /// A listing for one opendir.
         case directory([DirectoryEntry])
     }
 
+    /// Snapshots one user holds at most, and all users together.
+    static let snapshotsPerUser = 256
+    static let snapshots = 4096
+    /// Epochs carried to a successor at most (the newest): an older epoch's handle could
+    /// only meet a new one by a 2^-32 chance, as for an epoch the table never learnt.
+    static let carriedEpochsAtMost = 64
+
     private struct State {
         var entries: [UInt64: Entry] = [:]
         var epoch: UInt32
-        /// Epochs of carried handles (not reused).
-        var carriedEpochs: Set<UInt32> = []
+        /// Epochs of earlier servers, oldest first (not reused).
+        var carriedEpochs: [UInt32] = []
         var serial: UInt32 = 0
+        /// Snapshots held, by user and in all.
+        var snapshotsByUser: [UInt32: Int] = [:]
+        var snapshots = 0
+
+        mutating func count(_ entry: Entry?, _ delta: Int) {
+            guard case .file(_, let bytes, let uid) = entry, bytes != nil else { return }
+            snapshots += delta
+            let held = snapshotsByUser[uid, default: 0] + delta
+            snapshotsByUser[uid] = held > 0 ? held : nil
+        }
     }
     private let state = Mutex(State(epoch: UInt32.random(in: 1...UInt32.max)))
-    /// Called when a file handle is added or removed (set before serving).
-    nonisolated(unsafe) var onChange: (@Sendable () -> Void)?
 
-    /// A new handle for `entry` (never 0).
+    /// A new handle for `entry` (never 0). A file snapshot past its opener's share is
+    /// dropped: the handle then reads the current bytes.
     func add(_ entry: Entry) -> UInt64 {
-        let fh = state.withLock { state -> UInt64 in
+        state.withLock { state -> UInt64 in
+            var entry = entry
+            if case .file(let inode, .some, let uid) = entry,
+                state.snapshotsByUser[uid, default: 0] >= Self.snapshotsPerUser || state.snapshots >= Self.snapshots
+            {
+                entry = .file(inode: inode, bytes: nil, uid: uid)
+            }
             while true {
                 state.serial &+= 1
                 if state.serial == 0 { state.serial = 1 }
                 let fh = UInt64(state.epoch) << 32 | UInt64(state.serial)
                 if state.entries[fh] == nil {
                     state.entries[fh] = entry
+                    state.count(entry, 1)
                     return fh
                 }
             }
         }
-        if case .file = entry { onChange?() }
-        return fh
     }
 
     func remove(_ fh: UInt64) {
-        let removed = state.withLock { $0.entries.removeValue(forKey: fh) }
-        if case .file = removed { onChange?() }
+        state.withLock { state in
+            let removed = state.entries.removeValue(forKey: fh)
+            state.count(removed, -1)
+        }
     }
 
-    /// The snapshot of a file handle, if `fh` is one of ours and was opened on `inode`.
+    /// The snapshot of a file handle, if `fh` is one of ours, was opened on `inode` and
+    /// holds one.
     func bytes(_ fh: UInt64, inode: UInt64) -> [UInt8]? {
         guard fh != 0 else { return nil }
         return state.withLock { state in
-            guard case .file(let opened, let bytes) = state.entries[fh], opened == inode else { return nil }
+            guard case .file(let opened, let bytes, _) = state.entries[fh], opened == inode else { return nil }
             return bytes
         }
     }
@@ -68,27 +98,26 @@ final class HandleTable: Sendable {
 
     var count: Int { state.withLock { $0.entries.count } }
 
-    /// File handles only: a directory listing is rebuilt on demand.
+    /// Snapshots held now (for tests).
+    var snapshotCount: Int { state.withLock { $0.snapshots } }
+
+    /// What a successor needs: the epochs in use, never the handles (a handle it does not
+    /// know reads its inode's bytes). `files` stays empty: older binaries read the field.
     func export() -> BridgeState.Handles {
         state.withLock { state in
-            var files: [BridgeState.Handle] = []
-            for (fh, entry) in state.entries {
-                if case .file(let inode, let bytes) = entry {
-                    files.append(BridgeState.Handle(fh: fh, inode: inode, bytes: Data(bytes)))
-                }
-            }
-            files.sort { $0.fh < $1.fh }
-            return BridgeState.Handles(
-                epochs: Array(state.carriedEpochs.union([state.epoch])).sorted(), files: files)
+            BridgeState.Handles(
+                epochs: Array((state.carriedEpochs + [state.epoch]).suffix(Self.carriedEpochsAtMost)), files: [])
         }
     }
 
+    /// Takes over a predecessor's epochs (handles an older binary carried are not kept:
+    /// they read their inode's bytes like any handle this process does not know).
     func restore(_ carried: BridgeState.Handles) {
         state.withLock { state in
-            for handle in carried.files where handle.fh != 0 {
-                state.entries[handle.fh] = .file(inode: handle.inode, bytes: Array(handle.bytes))
+            for epoch in carried.epochs.suffix(Self.carriedEpochsAtMost) where !state.carriedEpochs.contains(epoch) {
+                state.carriedEpochs.append(epoch)
             }
-            state.carriedEpochs.formUnion(carried.epochs)
+            state.carriedEpochs = Array(state.carriedEpochs.suffix(Self.carriedEpochsAtMost - 1))
             // Also epochs of handles created after the predecessor's last export are unknown:
             // a fresh random epoch avoids them but for a 2^-32 chance.
             while state.carriedEpochs.contains(state.epoch) {

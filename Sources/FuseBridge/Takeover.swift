@@ -99,9 +99,11 @@ extension FuseFileSystem {
 
     // MARK: state
 
-    /// What the kernel may still reference: versioned inodes and open handles.
-    public func exportState() -> BridgeState {
+    /// What the kernel may still reference: versioned inodes (within `nodeBudget` bytes of
+    /// content, each file's newest versions first) and the epochs of open handles.
+    public func exportState(nodeBudget: Int = BridgeState.nodeBudget) -> BridgeState {
         var versions = versions.export()
+        versions.nodes = BridgeState.newestFirst(versions.nodes, budget: nodeBudget)
         for i in versions.nodes.indices {
             let index = versions.nodes[i].fileIndex
             versions.nodes[i].name = tree.files.indices.contains(index) ? tree.files[index].name : ""
@@ -124,9 +126,10 @@ extension FuseFileSystem {
         handles.restore(state.handles)
     }
 
-    /// A read on a handle that is not in the table (an earlier server made it and it was not
-    /// carried over) of an unversioned inode: the file's current bytes, the same answer as a
-    /// new open would snapshot. Versioned inodes are answered from their node instead.
+    /// A read on a handle without a snapshot (an earlier server made it, or its opener held
+    /// its share of snapshots) of an unversioned inode: the file's current bytes, the same
+    /// answer as a new open would snapshot. Versioned inodes are answered from their node
+    /// instead.
     func unknownHandleBytes(inode: UInt64) -> [UInt8]? {
         guard let file = tree.file(at: inode), case .bytes(let bytes, _, _) = file.peek() else { return nil }
         return bytes
@@ -163,4 +166,33 @@ public struct BridgeState: Codable, Sendable, Equatable {
 
     public var versions: Versions
     public var handles: Handles
+
+    /// Bytes of versioned content carried at most (docs/hitless.md): a few dozen
+    /// generations of every file. Nodes past it are not carried; the kernel's requests on
+    /// them get ESTALE (a lookup again), or EBADF for a read through an old descriptor.
+    public static let nodeBudget = 128 << 10
+
+    /// The nodes to carry: the newest version of every file, then the next newest of every
+    /// file, and so on, while their bytes fit in `budget`; in inode order.
+    static func newestFirst(_ nodes: [Node], budget: Int) -> [Node] {
+        let byFile = Dictionary(grouping: nodes, by: \.fileIndex).mapValues { $0.sorted { $0.version > $1.version } }
+        let files = byFile.keys.sorted()
+        var chosen: [Node] = []
+        var used = 0
+        var rank = 0
+        while true {
+            var more = false
+            for file in files {
+                guard let list = byFile[file], rank < list.count else { continue }
+                more = true
+                let node = list[rank]
+                guard used + node.bytes.count <= budget else { continue }
+                used += node.bytes.count
+                chosen.append(node)
+            }
+            guard more else { break }
+            rank += 1
+        }
+        return chosen.sorted { $0.inode < $1.inode }
+    }
 }

@@ -49,7 +49,8 @@ enum FDStore {
     }
 
     /// Drops every stored descriptor named `name`.
-    static func remove(name: String) {
+    @discardableResult
+    static func remove(name: String) -> Bool {
         send("FDSTOREREMOVE=1\nFDNAME=\(name)", fds: [])
     }
 

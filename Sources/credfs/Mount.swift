@@ -233,7 +233,7 @@ struct Mount: AsyncParsableCommand {
         fileSystem.value = fs
         fs.start()
         if hitless.isSuccessor {
-            FDStore.send("SERVING=1", fds: [])
+            hitless.announceServing()
             if let published = refresher.serving() {
                 notifier.ready(status: "took over; serving generation \(published.generation)")
             }

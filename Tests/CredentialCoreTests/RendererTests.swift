@@ -181,6 +181,7 @@ import Testing
         "state", "provider", "generation", "accessKeyId", "expiration", "secondsRemaining",
         "lastRefresh",
         "nextRefresh", "consecutiveFailures", "lastError", "upstreamRequests", "mountedAt", "pid", "restarts",
+        "carriedState",
         "version", "clockSkewSeconds",
     ]
 
