@@ -136,6 +136,12 @@ public final class CredentialViewSource: Sendable {
         }
     }
 
+    /// How many more seconds the views of `generation` will be served (0: not served now;
+    /// nil: never expires), for how long the kernel may cache them.
+    public func secondsServed(generation: Int) -> TimeInterval? {
+        refresher.secondsServed(generation: generation)
+    }
+
     /// Nothing valid to serve: wait while nothing was ever published, else fail.
     func unavailable() -> ViewContent {
         refresher.hasPublished ? .unavailable : .pending(timeout: initialWait)

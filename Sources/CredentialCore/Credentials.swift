@@ -42,13 +42,20 @@ public struct Credentials: Sendable, Equatable {
 
 /// A one-line error from a credential source or from validation. Never holds a secret.
 public struct CredentialError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The longest message of one source (a chain of sources keeps up to ``Redact/maxLength``).
+    public static let maxLength = 300
     public var message: String
-    public init(_ message: String) {
+    public init(_ message: String, limit: Int = CredentialError.maxLength) {
         // One line, bounded: upstream messages are copied in, and must not flood a log.
-        let flat = message.split(whereSeparator: \.isNewline).joined(separator: " ")
-        self.message = flat.count > 300 ? String(flat.prefix(300)) + "…" : flat
+        self.message = Self.line(message, limit: limit)
     }
     public var description: String { message }
+
+    /// `text` on one line, cut after `limit` characters (with `…`).
+    public static func line(_ text: String, limit: Int) -> String {
+        let flat = text.split(whereSeparator: \.isNewline).joined(separator: " ")
+        return flat.count > max(limit, 0) ? String(flat.prefix(max(limit, 0))) + "…" : flat
+    }
 }
 
 /// UTC timestamps in the one format credfs writes: `2024-05-21T10:39:29Z`.

@@ -154,8 +154,11 @@ public final class AutoProvider: CredentialProvider {
         if accessKey { return try await choose(EnvironmentProvider(environment, clock: clock)) }
         if let oidc { return try await choose(oidc) }
         var tried = [
-            "env (\(CloudVariable.accessKeyId) unset)",
-            "oidc-role-arn (\(CloudVariable.roleArn), \(CloudVariable.oidcProviderArn), \(CloudVariable.oidcTokenFile) not all set)",
+            Self.step("env", "\(CloudVariable.accessKeyId) unset"),
+            Self.step(
+                "oidc-role-arn",
+                "\(CloudVariable.roleArn), \(CloudVariable.oidcProviderArn), \(CloudVariable.oidcTokenFile) not all set"
+            ),
         ]
         if let ecs {
             do {
@@ -163,10 +166,10 @@ public final class AutoProvider: CredentialProvider {
                 keep(ecs)
                 return credentials
             } catch {
-                tried.append("ecs-ram-role (\(error.message))")
+                tried.append(Self.step("ecs-ram-role", error.message))
             }
         } else {
-            tried.append("ecs-ram-role (\(CloudVariable.ecsMetadataDisabled)=true)")
+            tried.append(Self.step("ecs-ram-role", "\(CloudVariable.ecsMetadataDisabled)=true"))
         }
         if let uri {
             do {
@@ -174,12 +177,22 @@ public final class AutoProvider: CredentialProvider {
                 keep(uri)
                 return credentials
             } catch let error as CredentialError {
-                tried.append("uri (\(error.message))")
+                tried.append(Self.step("uri", error.message))
             }
         } else {
-            tried.append("uri (\(CloudVariable.credentialsURI) unset)")
+            tried.append(Self.step("uri", "\(CloudVariable.credentialsURI) unset"))
         }
-        throw CredentialError("no credential source found: tried " + tried.joined(separator: ", "))
+        throw CredentialError(
+            "no credential source found: tried " + tried.joined(separator: "; "), limit: Redact.maxLength)
+    }
+
+    /// The longest error of one step of the chain kept in the chain's message, so every
+    /// step fits in ``Redact/maxLength``.
+    public static let stepLength = 120
+
+    /// One step of the chain: `name (why it gave nothing)`.
+    static func step(_ name: String, _ why: String) -> String {
+        "\(name) (\(CredentialError.line(why, limit: stepLength)))"
     }
 
     func choose(_ provider: any CredentialProvider) async throws -> Credentials {

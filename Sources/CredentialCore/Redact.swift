@@ -1,8 +1,9 @@
 /// Taking secrets out of text that came from outside (an upstream `Message`, an STS error,
 /// a helper's stderr) before credfs keeps it in `status`, `STATUS=` or the log.
 public enum Redact {
-    /// The longest text kept.
-    public static let maxLength = 300
+    /// The longest text kept: room for every step of the `auto` chain (each step's own
+    /// error cut to ``AutoProvider/stepLength``).
+    public static let maxLength = 600
     /// Secrets shorter than this are not searched for (they would match ordinary words).
     static let minimumSecret = 6
 
@@ -22,9 +23,7 @@ public enum Redact {
                 out = out.replacing(String(secret.prefix(8)), with: "(redacted)")
             }
         }
-        out = withoutQueries(out)
-        if out.count > maxLength { out = String(out.prefix(maxLength)) + "…" }
-        return out
+        return CredentialError.line(withoutQueries(out), limit: maxLength)
     }
 
     /// Every `?query` (up to a space, quote or bracket) becomes `?(redacted)`: a URL query

@@ -104,6 +104,17 @@ public final class Refresher: Sendable {
         return inner.withLock { $0.machine.serving(at: now) }
     }
 
+    /// How many more seconds `generation` will be served, by the local clock (its
+    /// Expiration as the cloud's clock judges it): 0 when it is not the one served now, nil
+    /// when it never expires. Never waits.
+    public func secondsServed(generation: Int) -> TimeInterval? {
+        let now = clock.now()
+        return inner.withLock { inner -> TimeInterval? in
+            guard let served = inner.machine.serving(at: now), served.generation == generation else { return 0 }
+            return inner.machine.localExpiry.map { $0.timeIntervalSince(now) }
+        }
+    }
+
     /// True once any credentials were published (even if they have expired since).
     public var hasPublished: Bool { inner.withLock { $0.machine.published != nil } }
 

@@ -251,29 +251,41 @@ public final class FuseFileSystem: Sendable {
         resume.forEach { $0.resume() }
     }
 
-    /// Ends the loop and detaches the mount. Readers still holding files keep their
-    /// snapshots until they close them, or until `grace` has passed and the waiters of
-    /// ``waitUntilStopped()`` are released.
+    /// Detaches the mount, then serves the files still held for at most `grace`: the kernel
+    /// ends the connection when the last one is closed (which ends the loop), and once
+    /// `grace` has passed the loop is ended whatever is still held (the kernel then fails
+    /// their reads) and the waiters of ``waitUntilStopped()`` are released
+    /// (docs/decisions.md, "`unmount` is lazy").
     public func stop(grace: Duration = .milliseconds(500)) {
         answerParked(parking.stop(), errno: EIO)
-        state.withLock { s in
-            guard let se = s.session else { return }
-            fuse_session_exit(se)
-            if !s.detached {
-                s.detached = true
-                Self.detach(mountpoint)
-            }
+        let (detach, running) = state.withLock { s -> (Bool, Bool) in
+            guard s.session != nil else { return (false, false) }
+            defer { s.detached = true }
+            return (!s.detached, s.running)
         }
-        // After the detach: a successor never mounted, so only the path unmounts it.
-        sessionIO?.stop()
+        // By path: a successor never mounted, so libfuse does not know it.
+        if detach { Self.detach(mountpoint) }
+        guard running else {
+            endLoop()
+            return
+        }
         Task { [self] in
             try? await Task.sleep(for: grace)
+            endLoop()
             let resume = state.withLock { s -> [CheckedContinuation<Void, Never>] in
                 defer { s.waiters = [] }
                 return s.waiters
             }
             resume.forEach { $0.resume() }
         }
+    }
+
+    /// Ends the request loop now (readers of the device get ENODEV).
+    private func endLoop() {
+        state.withLock { s in
+            if let se = s.session { fuse_session_exit(se) }
+        }
+        sessionIO?.stop()
     }
 
     /// Asks parked requests again: call it when content may have become available (new

@@ -109,8 +109,9 @@ enum FuseOps {
                 var entry = fuse_entry_param()
                 entry.ino = node.inode
                 entry.attr = fs.attributes(of: node)
-                entry.attr_timeout = file.cacheTimeout
-                entry.entry_timeout = file.lookup == nil ? file.cacheTimeout : 0
+                let timeout = file.cacheTimeout(version: version)
+                entry.attr_timeout = timeout
+                entry.entry_timeout = file.lookup == nil ? timeout : 0
                 if fuse_reply_entry(req, &entry) != 0 {
                     // The kernel did not take the reference.
                     fs.versions.forget(node.inode, count: 1)
@@ -171,7 +172,7 @@ enum FuseOps {
                     return
                 }
                 var st = fs.attributes(of: node)
-                _ = fuse_reply_attr(req, &st, fs.tree.files[node.fileIndex].cacheTimeout)
+                _ = fuse_reply_attr(req, &st, fs.tree.files[node.fileIndex].cacheTimeout(version: node.version))
                 return
             }
             var (st, exists) = fs.attributes(inode: inode)

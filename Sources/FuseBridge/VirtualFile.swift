@@ -65,14 +65,32 @@ public struct VirtualFile: Sendable {
     /// The content one open snapshots for its whole life. Must not block: return
     /// ``Content/pending(timeout:)`` to be asked again.
     public let open: @Sendable (Caller) -> Content
+    /// How many more seconds a version may be served (nil: no end): the kernel keeps its
+    /// name and attributes no longer than that, so once it ends a lookup asks again (and
+    /// without OPEN the lookup is the one chance to refuse it). Must not block.
+    public let servedFor: (@Sendable (_ version: UInt64) -> Double?)?
+
+    /// The margin kept before the end of a version's ``servedFor``: the kernel keeps an
+    /// entry until the tick after its timeout, counted from when it reads the reply.
+    static let endMargin: Double = 1
+
+    /// The entry and attribute timeout for `version`: ``cacheTimeout``, ending at least
+    /// ``endMargin`` before the version stops being served.
+    func cacheTimeout(version: UInt64) -> Double {
+        guard let seconds = servedFor?(version) else { return cacheTimeout }
+        guard seconds.isFinite else { return seconds > 0 ? cacheTimeout : 0 }
+        return min(cacheTimeout, max(0, seconds - Self.endMargin))
+    }
 
     public init(
         name: String, permissions: mode_t, uid: uid_t = getuid(), gid: gid_t = getgid(),
         caching: Caching = .perOpen, cacheTimeout: Double = 86_400,
         peek: @escaping @Sendable () -> Content, lookup: (@Sendable (Caller) -> Content)? = nil,
-        open: @escaping @Sendable (Caller) -> Content
+        open: @escaping @Sendable (Caller) -> Content,
+        servedFor: (@Sendable (_ version: UInt64) -> Double?)? = nil
     ) {
         self.lookup = lookup
+        self.servedFor = servedFor
         self.name = name
         self.caching = caching
         self.cacheTimeout = cacheTimeout.isFinite ? min(max(cacheTimeout, 0), 86_400) : 0

@@ -39,7 +39,10 @@ struct Status: AsyncParsableCommand {
         Output.standardOutput(Array(data))
         struct State: Decodable { var state: String }
         let state = (try? JSONDecoder().decode(State.self, from: data))?.state
-        guard state == "fresh" || state == "refreshing" else { throw ExitCode(1) }
+        guard state == "fresh" || state == "refreshing" else {
+            // The status printed says why; this line says what exit 1 means.
+            throw Failure(message: "the mount is \(state ?? "in no state credfs knows"), not fresh or refreshing")
+        }
     }
 }
 
@@ -72,8 +75,16 @@ struct Get: AsyncParsableCommand {
     var field: Field?
 
     @Option(
-        help: "json (the credentials file), env (shell exports) or process (aliyun CLI External).")
-    var format: Format = .json
+        help:
+            "json (the credentials file), env (shell exports) or process (aliyun CLI External); default json. Not with --field."
+    )
+    var format: Format?
+
+    func validate() throws {
+        if field != nil, format != nil {
+            throw ValidationError("--field prints one field as it is: it takes no --format")
+        }
+    }
 
     func run() async throws {
         let credentials: Credentials
@@ -87,7 +98,7 @@ struct Get: AsyncParsableCommand {
         if let field {
             bytes = views.bytes(of: field.view)
         } else {
-            switch format {
+            switch format ?? .json {
             case .json: bytes = views.credentials
             case .env: bytes = Render.envFile(credentials)
             case .process: bytes = Render.processOutput(credentials)

@@ -39,6 +39,19 @@ struct Doctor: AsyncParsableCommand {
         static func skip(_ name: String, _ detail: String) -> Check {
             Check(name: name, ok: true, detail: detail, skipped: true)
         }
+
+        enum CodingKeys: String, CodingKey { case name, ok, detail, fix, skipped }
+
+        /// Every key in every check, `fix` null when there is nothing to fix
+        /// (docs/operations.md).
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(name, forKey: .name)
+            try container.encode(ok, forKey: .ok)
+            try container.encode(detail, forKey: .detail)
+            try container.encode(fix, forKey: .fix)
+            try container.encode(skipped, forKey: .skipped)
+        }
     }
 
     /// What the status file says (no secret in it).

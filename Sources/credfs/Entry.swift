@@ -43,9 +43,8 @@ enum Entry {
                 }
                 exit(failure.code)
             }
-            let message = Credfs.message(for: error).split(whereSeparator: \.isNewline).first.map(
-                String.init)
-            Output.error("credfs: \(message ?? "error")")
+            // An exit code alone (an ExitCode thrown) has said what it had to already.
+            if let message = Messages.oneLine(Credfs.message(for: error)) { Output.error("credfs: \(message)") }
             exit(code.rawValue)
         }
     }

@@ -2,19 +2,25 @@ import ArgumentParser
 import Glibc
 
 /// `--serve-uri HOST:PORT`: only loopback hosts (127.0.0.0/8, ::1, localhost).
-struct LoopbackAddress: ExpressibleByArgument {
+struct LoopbackAddress {
     var host: String
     var port: Int
 
-    init?(argument: String) {
-        guard let colon = argument.lastIndex(of: ":") else { return nil }
+    /// Parses `HOST:PORT` (an IPv6 host in brackets); what is refused says why.
+    static func parse(_ argument: String) throws -> LoopbackAddress {
+        guard let colon = argument.lastIndex(of: ":") else {
+            throw ValidationError("expected HOST:PORT, such as 127.0.0.1:8900 or [::1]:8900")
+        }
         var host = String(argument[..<colon])
         if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        guard let port = Int(argument[argument.index(after: colon)...]), (0...65535).contains(port)
-        else { return nil }
-        guard Self.isLoopback(host) else { return nil }
-        self.host = host == "localhost" ? "127.0.0.1" : host
-        self.port = port
+        guard let port = Int(argument[argument.index(after: colon)...]), (0...65535).contains(port) else {
+            throw ValidationError("the port must be a number from 0 to 65535")
+        }
+        guard isLoopback(host) else {
+            throw ValidationError(
+                "the credentials URI is served on a loopback address only: 127.0.0.0/8, [::1] or localhost")
+        }
+        return LoopbackAddress(host: host == "localhost" ? "127.0.0.1" : host, port: port)
     }
 
     static func isLoopback(_ host: String) -> Bool {
@@ -24,5 +30,6 @@ struct LoopbackAddress: ExpressibleByArgument {
         return UInt32(bigEndian: address.s_addr) >> 24 == 127
     }
 
-    static var defaultValueDescription: String { "127.0.0.1:PORT" }
+    /// The host as a URL names it: an IPv6 address in brackets.
+    var urlHost: String { host.contains(":") ? "[\(host)]" : host }
 }

@@ -36,7 +36,7 @@ struct Mount: AsyncParsableCommand {
     var mode = Octal(0o400, written: "0400")
 
     @Option(
-        help: "Refresh when this much lifetime is left (e.g. 900, 15m; default: min(15m, lifetime/3)).")
+        help: "Refresh when this much lifetime is left, at most 7d (e.g. 900, 15m; default: min(15m, lifetime/3)).")
     var refreshBefore: Seconds?
 
     @Option(help: "How long an open waits for the very first credentials (e.g. 10, 10s).")
@@ -45,7 +45,11 @@ struct Mount: AsyncParsableCommand {
     @Option(help: "region_id written into config.json.")
     var region: String = "cn-hangzhou"
 
-    @Option(help: "Also answer GET / on this loopback HOST:PORT with the credentials-URI JSON.")
+    @Option(
+        help: ArgumentHelp(
+            "Also answer GET / on this loopback address (127.0.0.0/8, [::1] or localhost) with the credentials-URI JSON.",
+            valueName: "host:port"),
+        transform: LoopbackAddress.parse)
     var serveUri: LoopbackAddress?
 
     @Option(help: "Serve Prometheus metrics at GET /metrics on HOST:PORT (no secret in them; any address).")
@@ -258,7 +262,7 @@ struct Mount: AsyncParsableCommand {
         if let uriServer {
             logger.info(
                 "serving the credentials URI",
-                metadata: ["address": "http://\(serveUri?.host ?? ""):\(uriServer.port)/"])
+                metadata: ["address": "http://\(serveUri?.urlHost ?? ""):\(uriServer.port)/"])
             services.append(.init(service: URIService(server: uriServer)))
         }
         if let metricsServer { services.append(metricsServer.started(logger: logger)) }

@@ -15,7 +15,7 @@ struct ProviderOptions: ParsableArguments {
     @Option(help: "Credentials URI for --provider uri (default: $\(CloudVariable.credentialsURI)).")
     var uri: String?
 
-    @Option(help: "Seconds each demo credential set lives (--provider demo).")
+    @Option(help: "Seconds each demo credential set lives, 2 to 86400 (--provider demo).")
     var demoLifetime: Int = ProviderFlags.defaultDemoLifetime
 
     @Option(help: "ECS metadata service for ecs-ram-role and auto.")
@@ -43,9 +43,9 @@ struct ProviderOptions: ParsableArguments {
 
     @Option(
         help: ArgumentHelp(
-            "Provider whose credentials sign AssumeRole for ram-role-arn: \(ProviderKind.sources.map(\.rawValue).joined(separator: ", ")) (default env).",
+            "Provider whose credentials sign AssumeRole for --provider ram-role-arn (default env).",
             discussion: "It is configured by its own flags, and refreshed on its own schedule."))
-    var sourceProvider: ProviderKind?
+    var sourceProvider: SourceKind?
 
     @Option(help: "ExternalId for ram-role-arn's AssumeRole.")
     var externalId: String?
@@ -92,7 +92,7 @@ struct ProviderOptions: ParsableArguments {
         flags.role = role
         flags.command = command
         flags.roleArn = roleArn
-        flags.sourceProvider = sourceProvider
+        flags.sourceProvider = sourceProvider?.kind
         flags.externalId = externalId
         flags.oidcProviderArn = oidcProviderArn
         flags.oidcTokenFile = oidcTokenFile
@@ -138,13 +138,24 @@ struct ProviderOptions: ParsableArguments {
     }
 }
 
-/// A duration flag: `90`, `90s`, `15m` or `1h`; shown in `--help` as written.
+/// `--source-provider`: the kinds that can sign AssumeRole (not `auto`, not `ram-role-arn`),
+/// so `--help` and a refusal list only those.
+struct SourceKind: ExpressibleByArgument {
+    var kind: ProviderKind
+    init?(argument: String) {
+        guard let kind = ProviderKind(rawValue: argument), ProviderKind.sources.contains(kind) else { return nil }
+        self.kind = kind
+    }
+    static var allValueStrings: [String] { ProviderKind.sources.map(\.rawValue) }
+}
+
+/// A duration flag: `90`, `90s`, `15m`, `1h` or `7d`; shown in `--help` as written.
 struct Seconds: ExpressibleByArgument {
     var value: TimeInterval
     var text: String
 
     init?(argument: String) {
-        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600]
+        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
         var number = argument
         var scale = 1.0
         if let last = number.last, let unit = units[last] {

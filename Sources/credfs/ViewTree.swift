@@ -37,9 +37,16 @@ enum Tree {
                     if view == .status, kernelCache { return peek() }
                     // Only field reads are pinned: the other views need no process group.
                     return convert(views.open(view, reader: view.isField && !kernelCache ? reader(caller) : nil))
-                })
+                },
+                servedFor: view == .status ? nil : servedFor(views))
         }
         return VirtualDirectory(files: files, permissions: 0o555, uid: uid, gid: gid, mtime: mountedAt)
+    }
+
+    /// The kernel keeps a generation's names no longer than it is served: past its
+    /// Expiration a lookup asks, and is refused (with --kernel-cache no OPEN would).
+    static func servedFor(_ views: CredentialViewSource) -> @Sendable (UInt64) -> Double? {
+        { version in views.secondsServed(generation: Int(clamping: version)) }
     }
 
     /// Field lookups per reader: a pinned group finds its pinned generation.

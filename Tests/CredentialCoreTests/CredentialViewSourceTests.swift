@@ -154,6 +154,37 @@ import Testing
         #expect(status["lastError"] as? String == "uri: HTTP 503")
     }
 
+    /// A pin starts at the first *secret* field read (docs/decisions.md, "Pinning"):
+    /// `expiration`, world-readable, follows a pin but never starts one.
+    @Test func expirationFollowsAPinButNeverStartsOne() async throws {
+        let clock = VirtualClock(Fixture.t0)
+        let provider = ScriptedProvider { Fixture.sts() }
+        let (refresher, source) = source(provider, clock: clock)
+        await refresher.refresh()
+        let reader = GenerationPins.Reader(group: 77, uid: 1000)
+        func generation(_ content: ViewContent) -> Int? {
+            if case .bytes(_, _, let generation) = content { return generation }
+            return nil
+        }
+        func rotate(_ n: Int) async {
+            clock.advance(by: 2)
+            provider.answer(
+                with: Fixture.sts(id: "STS.ROTATED\(n)xxxxxxxx", expiration: clock.now().addingTimeInterval(3600)))
+            await refresher.refresh()
+            #expect(refresher.serving()?.generation == n)
+        }
+        #expect(generation(source.open(.expiration, reader: reader)) == 1)
+        #expect(source.pins.count == 0)
+        await rotate(2)
+        // Not held to generation 1 by the expiration read.
+        #expect(generation(source.open(.accessKeyId, reader: reader)) == 2)
+        #expect(source.pins.count == 1)
+        await rotate(3)
+        // The secret read pinned generation 2, and expiration follows it.
+        #expect(generation(source.open(.expiration, reader: reader)) == 2)
+        #expect(generation(source.open(.token, reader: reader)) == 2)
+    }
+
     @Test func secretViewsAreMarkedSecret() {
         #expect(CredentialView.credentials.isSecret)
         #expect(CredentialView.accessKeyId.isSecret)
