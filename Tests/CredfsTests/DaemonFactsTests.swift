@@ -115,6 +115,8 @@ struct DaemonFactsTests {
         #expect(plain.after - plain.before >= 200, "default mode: \(plain)")
         let cached = try opens(["--kernel-cache"])
         #expect(cached.before <= 1 && cached.after == cached.before, "--kernel-cache: \(cached)")
-        print("openRequests over 200 opens: default \(plain.before) -> \(plain.after), kernel-cache \(cached.before) -> \(cached.after)")
+        print(
+            "openRequests over 200 opens: default \(plain.before) -> \(plain.after), kernel-cache \(cached.before) -> \(cached.after)"
+        )
     }
 }
