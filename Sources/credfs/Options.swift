@@ -106,11 +106,23 @@ struct ProviderOptions: ParsableArguments {
 
     /// Flags and environment resolved by the core: a problem exits 64 with its one line.
     func validate() throws {
+        var checked = flags
+        // A successor taking a live mount over (docs/hitless.md) reads the policy file again
+        // when it builds its provider: one it can no longer read fails every refresh there
+        // (status says why) while the carried credentials are served. Exit 64 here would
+        // leave the mount with no server at all.
+        if Self.takingOver { checked.policyFile = nil }
         do throws(CredentialError) {
-            _ = try ProviderConfiguration(flags: flags)
+            _ = try ProviderConfiguration(flags: checked)
         } catch {
             throw ValidationError(error.message)
         }
+    }
+
+    /// Started with a live connection to take over (the supervisor's or systemd's fd store).
+    static var takingOver: Bool {
+        let names = getenv("LISTEN_FDNAMES").map { String(cString: $0) } ?? ""
+        return names.split(separator: ":").contains { $0 == Hitless.fuseName }
     }
 
     /// The provider, resolved again now (validate() ran at parsing; relative paths are

@@ -119,7 +119,8 @@ struct HTTPSMountTests {
                 line += String(decoding: chunk, as: UTF8.self)
             }
             guard let port = Int(line.trimmingCharacters(in: .whitespacesAndNewlines)) else {
-                process.terminate()
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()
                 throw HarnessError(description: "the TLS front did not start")
             }
             self.port = port
@@ -128,8 +129,9 @@ struct HTTPSMountTests {
         var url: String { "https://127.0.0.1:\(port)" }
         var handshakes: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
 
+        /// SIGKILL: a child of a test thread starts with SIGTERM blocked.
         func stop() {
-            if process.isRunning { process.terminate() }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
             process.waitUntilExit()
         }
     }
@@ -193,7 +195,8 @@ struct HTTPSMountTests {
         #expect(served >= 1)
 
         // By a CA nobody trusts, and the trusted CA's certificate for another name: refused
-        // at the handshake, with a clear lastError, and the upstream never asked.
+        // with a clear lastError, and the upstream never asked. (An unknown CA ends the
+        // handshake; libcurl checks the name once the handshake is done, then closes.)
         for name in ["unknown", "wrongname"] {
             let front = try TLSFront(
                 certificate: certificates.cert(name), key: certificates.key(name), forwardPort: upstream.port,
@@ -211,8 +214,10 @@ struct HTTPSMountTests {
                 #expect(status["state"] as? String == "pending")
                 #expect(daemon.read("credentials").error == EIO)
             }
-            #expect(front.handshakes.contains("handshake refused"), "\(name): \(front.handshakes)")
-            #expect(!front.handshakes.contains("handshake ok"), "\(name): \(front.handshakes)")
+            if name == "unknown" {
+                #expect(front.handshakes.contains("handshake refused"), "\(name): \(front.handshakes)")
+                #expect(!front.handshakes.contains("handshake ok"), "\(name): \(front.handshakes)")
+            }
         }
         #expect(upstream.requests == served, "a refused certificate's upstream was asked")
         #expect(Host.fingerprint(["/etc/ssl/certs"]) == before)

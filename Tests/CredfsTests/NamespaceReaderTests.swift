@@ -41,7 +41,8 @@ final class TwoReadsScript {
     }
 
     func remove() {
-        if process.isRunning { process.terminate() }
+        // SIGKILL: a child of a test thread starts with SIGTERM blocked.
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()
         dir.remove()
     }

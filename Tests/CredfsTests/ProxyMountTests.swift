@@ -139,7 +139,8 @@ struct ProxyMountTests {
         defer { proxy.stop() }
         let daemon = try Daemon(
             ["--provider", "ecs-ram-role", "--imds-endpoint", "http://\(name):\(metadata.http.port)"],
-            environment: environment(["HTTP_PROXY": proxy.url, "http_proxy": proxy.url], base: EcsMetadataTests.environment()))
+            environment: environment(
+                ["HTTP_PROXY": proxy.url, "http_proxy": proxy.url], base: EcsMetadataTests.environment()))
         defer { daemon.stop() }
         try waitUntil("generation 1") { try daemon.generation() == 1 }
         #expect(metadata.requests >= 2)
