@@ -143,7 +143,10 @@ struct TakeoverStateTests {
         #expect(mount.storedGenerations.values.max() == 1, "the push of generation 2 did not go")
 
         let second = try mount.start()
-        var seen: [Int] = []
+        try waitUntil("the successor to serve") { mount.status?["pid"] as? Int == Int(second) }
+        let served = mount.generation
+        #expect(served > 2, "the successor's first generation is \(served)")
+        var seen = [served]
         try waitUntil("the successor's refresh") {
             guard let status = mount.status, status["pid"] as? Int == Int(second) else { return false }
             if let generation = status["generation"] as? Int, seen.last != generation { seen.append(generation) }
