@@ -50,9 +50,19 @@ struct TakeoverStateTests {
         kill(mount.supervisor, SIGSTOP)
         var stopped = true
         defer { if stopped { kill(mount.supervisor, SIGCONT) } }
+        // New process groups reading a secret field: a pin, so a push, each; they fill the
+        // stopped supervisor's queue however large it is.
+        let pinning = Atomic<Bool>(true)
+        let field = mount.path("access_key_id")
+        let pinner = Thread {
+            while pinning.load(ordering: .relaxed) { _ = readFileAsNewGroup(field) }
+        }
+        pinner.start()
+        defer { pinning.store(false, ordering: .relaxed) }
         try waitUntil("a push the stopped supervisor cannot take", timeout: 30) {
             Self.log(logFile).contains("does not take the state now")
         }
+        pinning.store(false, ordering: .relaxed)
         let blocked = Self.generation(mount.mountpoint)
         try waitUntil("three more generations while the supervisor is stopped", timeout: 30) {
             Self.generation(mount.mountpoint) >= blocked + 3
