@@ -43,9 +43,10 @@ final class Hitless: Sendable {
     }
 
     let inherited: Inherited?
-    /// Names in the store this process does not use (a dead mount's, unknown ones): removed
-    /// once it stores its own.
-    let unusedNames: [String]
+    /// What a dead mount left in the store (its states, floor, a connection without its
+    /// INIT): removed before a new mount stores its own. Names this binary does not know are
+    /// left alone (closed here, kept in the store for whoever knows them).
+    let staleNames: [String]
     let logger: Logger
     private let sender = Mutex<StateSender?>(nil)
     private let floor = Mutex<StateFloor?>(nil)
@@ -59,7 +60,6 @@ final class Hitless: Sendable {
         var initRequest: [UInt8]?
         var states: [(sequence: Int, fd: Int32)] = []
         var floors: [Int32] = []
-        var unused: [String] = []
         for (name, fd) in fds {
             if name == Self.fuseName, fuseFd == nil {
                 fuseFd = fd
@@ -71,7 +71,6 @@ final class Hitless: Sendable {
             } else if name == StateFloor.name {
                 floors.append(fd)
             } else {
-                unused.append(name)
                 close(fd)
             }
         }
@@ -80,11 +79,11 @@ final class Hitless: Sendable {
             if let fuseFd { close(fuseFd) }
             states.forEach { close($0.fd) }
             floors.forEach { close($0) }
-            unusedNames = Array(
-                Set(
-                    unused + states.map { Self.statePrefix + String($0.sequence) }
-                        + (floors.isEmpty ? [] : [StateFloor.name]))
-            ).sorted()
+            var stale = states.map { Self.statePrefix + String($0.sequence) }
+            if !floors.isEmpty { stale.append(StateFloor.name) }
+            if fuseFd != nil { stale.append(Self.fuseName) }
+            if initRequest != nil { stale.append(Self.initName) }
+            staleNames = stale
             inherited = nil
             return
         }
@@ -117,7 +116,7 @@ final class Hitless: Sendable {
         if let record = floor?.record, let carried = state, record.generation > (carried.published?.generation ?? 0) {
             problem = problem ?? .behind(state: carried.published?.generation ?? 0, floor: record.generation)
         }
-        unusedNames = unused
+        staleNames = []
         inherited = Inherited(
             fuseFd: fuseFd, initRequest: initRequest, state: state, problem: problem,
             stateSequences: states.map(\.sequence), floor: floor?.floor, floorRecord: floor?.record)
@@ -245,7 +244,7 @@ final class Hitless: Sendable {
             }
             self.sender.withLock { $0 = sender }
             // A dead mount's leftovers go before anything of this one is stored.
-            for name in unusedNames { sender.enqueue(.remove(name: name)) }
+            for name in staleNames { sender.enqueue(.remove(name: name)) }
             if let floor, inherited?.floor == nil {
                 let copy = fcntl(floor.fd, F_DUPFD_CLOEXEC, 0)
                 if copy >= 0 { sender.enqueue(.store(fd: copy, name: StateFloor.name)) }

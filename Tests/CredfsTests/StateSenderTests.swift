@@ -193,11 +193,13 @@ import Testing
         state.provider = ProviderCachedState(
             provider: "ecs-ram-role", values: ["token": String(repeating: "m", count: 100), "role": "role"])
         let bytes = try #require(state.encoded())
-        #expect(bytes.count <= CarriedState.pushLimit, "\(bytes.count) bytes")
+        // The size alone: a failed expectation renders the values it names.
+        let size = bytes.count
+        #expect(size <= CarriedState.pushLimit, "\(size) bytes")
         let back = try #require(CarriedState.decode(bytes))
         #expect(back.pins?.pins.count == pins.capacity)
         #expect(back.bridge.versions.nodes.count == state.bridge.versions.nodes.count)
-        print("state at every bound: \(bytes.count) bytes (limit \(CarriedState.pushLimit))")
+        print("state at every bound: \(size) bytes (limit \(CarriedState.pushLimit))")
     }
 
     /// sd_notify to a socket whose queue is full (a stalled service manager): the call

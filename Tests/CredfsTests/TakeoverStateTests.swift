@@ -50,9 +50,19 @@ struct TakeoverStateTests {
         kill(mount.supervisor, SIGSTOP)
         var stopped = true
         defer { if stopped { kill(mount.supervisor, SIGCONT) } }
+        // New process groups reading a secret field: a pin, so a push, each; they fill the
+        // stopped supervisor's queue however large it is.
+        let pinning = Atomic<Bool>(true)
+        let field = mount.path("access_key_id")
+        let pinner = Thread {
+            while pinning.load(ordering: .relaxed) { _ = readFileAsNewGroup(field) }
+        }
+        pinner.start()
+        defer { pinning.store(false, ordering: .relaxed) }
         try waitUntil("a push the stopped supervisor cannot take", timeout: 30) {
             Self.log(logFile).contains("does not take the state now")
         }
+        pinning.store(false, ordering: .relaxed)
         let blocked = Self.generation(mount.mountpoint)
         try waitUntil("three more generations while the supervisor is stopped", timeout: 30) {
             Self.generation(mount.mountpoint) >= blocked + 3
@@ -143,7 +153,10 @@ struct TakeoverStateTests {
         #expect(mount.storedGenerations.values.max() == 1, "the push of generation 2 did not go")
 
         let second = try mount.start()
-        var seen: [Int] = []
+        try waitUntil("the successor to serve") { mount.status?["pid"] as? Int == Int(second) }
+        let served = mount.generation
+        #expect(served > 2, "the successor's first generation is \(served)")
+        var seen = [served]
         try waitUntil("the successor's refresh") {
             guard let status = mount.status, status["pid"] as? Int == Int(second) else { return false }
             if let generation = status["generation"] as? Int, seen.last != generation { seen.append(generation) }
