@@ -15,6 +15,10 @@ final class Hitless: Sendable {
     static let fuseName = "fuse"
     static let initName = "fuse-init"
     static let statePrefix = "state."
+    /// The listening sockets of `--serve-uri` and `--metrics` (ListenerService.swift).
+    static let uriListenerName = "listen-uri"
+    static let metricsListenerName = "listen-metrics"
+    static let listenerNames: Set<String> = [uriListenerName, metricsListenerName]
 
     /// A previous server's connection and state, when this process is its successor.
     struct Inherited {
@@ -26,6 +30,9 @@ final class Hitless: Sendable {
     }
 
     let inherited: Inherited?
+    /// Listening sockets the fd store handed over, by name: carried whether or not the
+    /// connection was (a listener is never bound again while the store holds it).
+    let listeners: [String: Int32]
     let logger: Logger
     private let sender = Mutex<StateSender?>(nil)
     private let handover = Hook<@Sendable () async -> Void>()
@@ -38,8 +45,11 @@ final class Hitless: Sendable {
         var initRequest: [UInt8]?
         var best: (sequence: Int, fd: Int32)?
         var stale: [String] = []
+        var listeners: [String: Int32] = [:]
         for (name, fd) in fds {
-            if name == Self.fuseName {
+            if Self.listenerNames.contains(name), listeners[name] == nil {
+                listeners[name] = fd
+            } else if name == Self.fuseName {
                 fuseFd = fd
             } else if name == Self.initName {
                 initRequest = MemoryFile.read(fd, limit: 1 << 20)
@@ -61,6 +71,7 @@ final class Hitless: Sendable {
                 close(fd)
             }
         }
+        self.listeners = listeners
         guard let fuseFd, let initRequest else {
             if let fuseFd { close(fuseFd) }
             if let best { close(best.fd) }
@@ -206,6 +217,7 @@ final class Hitless: Sendable {
         guard FDStore.isAvailable, !handingOver.load(ordering: .sequentiallyConsistent) else { return }
         FDStore.remove(name: Self.fuseName)
         FDStore.remove(name: Self.initName)
+        for name in Self.listenerNames { FDStore.remove(name: name) }
     }
 
     /// SIGUSR2: stop serving, push the final state, exit 0 without unmounting.

@@ -1,3 +1,4 @@
+import CredentialCore
 import Foundation
 import Testing
 
@@ -68,7 +69,7 @@ func isMounted(_ path: String) -> Bool {
 
 /// The whole of a /proc file (the daemon's own reader: `String(contentsOfFile:)` stops after
 /// the first 4 KiB of a procfs file).
-func readProcFile(_ path: String) -> String? { MountPoint.readWhole(path) }
+func readProcFile(_ path: String) -> String? { SmallFile.text(path) }
 
 /// Runs `credfs` to completion, capturing its output.
 struct CommandResult {
