@@ -7,14 +7,9 @@ struct LoopbackAddress: ExpressibleByArgument {
     var port: Int
 
     init?(argument: String) {
-        guard let colon = argument.lastIndex(of: ":") else { return nil }
-        var host = String(argument[..<colon])
-        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        guard let port = Int(argument[argument.index(after: colon)...]), (0...65535).contains(port)
-        else { return nil }
-        guard Self.isLoopback(host) else { return nil }
-        self.host = host == "localhost" ? "127.0.0.1" : host
-        self.port = port
+        guard let parts = ListenAddress.split(argument), Self.isLoopback(parts.host) else { return nil }
+        host = parts.host == "localhost" ? "127.0.0.1" : parts.host
+        port = parts.port
     }
 
     static func isLoopback(_ host: String) -> Bool {
