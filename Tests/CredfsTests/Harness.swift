@@ -244,7 +244,7 @@ enum Host {
     /// overlayfs, for a private view of a system directory in a mount namespace.
     static let hasOverlay: Bool =
         canMount
-        && ((try? String(contentsOfFile: "/proc/filesystems", encoding: .utf8))?.contains("\toverlay") ?? false)
+        && (readProcFile("/proc/filesystems")?.contains("\toverlay") ?? false)
 
     /// Names, sizes, modes and mtimes of what `paths` hold (one level down): equal before and
     /// after a test run means the run changed none of them.
