@@ -1,3 +1,4 @@
+import CFuse3
 import Foundation
 import Testing
 
@@ -237,5 +238,104 @@ struct ListenerAbuseTests {
         HitlessTests.report(
             "listeners across 10 takeovers (\(kinds.joined(separator: ", "))): squatter \(squatter.number("attempts") ?? -1) bind attempts, 0 won; client answers: \(counts)"
         )
+    }
+
+    /// The systemd path (a fake service manager): the listening socket is stored as
+    /// `listen-uri`; after a kill -9 the port stays taken (the store holds it) and the next
+    /// start answers on it. A successor given no socket whose port someone else took serves
+    /// the mount without the listener (and says so in its log), instead of dying.
+    @Test func theStoreCarriesTheSocketAndASuccessorWithoutOneStillServesTheMount() throws {
+        let manager = try FakeServiceManager()
+        let dir = try TempDir()
+        let mountpoint = dir.path + "/mnt"
+        let log = dir.path + "/credfs.log"
+        let port = unusedLoopbackPort()
+        var pids: [pid_t] = []
+        var squat: Int32 = -1
+        defer {
+            pids.forEach { kill($0, SIGKILL) }
+            if squat >= 0 { close(squat) }
+            if isMounted(mountpoint) { umount2(mountpoint, Int32(MNT_DETACH)) }
+            dir.remove()
+        }
+        func serverPID() -> Int? {
+            guard let bytes = readFile(mountpoint + "/status").bytes,
+                let object = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any]
+            else { return nil }
+            return object["pid"] as? Int
+        }
+        func uriAnswer() throws -> String {
+            try runProcess("/usr/bin/curl", ["-s", "--max-time", "5", "http://127.0.0.1:\(port)/"]).stdout
+        }
+        let arguments = [
+            "mount", mountpoint, "-f", "--provider", "demo", "--demo-lifetime", "3600", "--serve-uri",
+            "127.0.0.1:\(port)",
+        ]
+        let first = try manager.start(arguments, log: log)
+        pids.append(first)
+        try waitUntil("the connection and the listener in the store") {
+            manager.pump()
+            return manager.has("fuse") && manager.has("listen-uri") && serverPID() == Int(first)
+        }
+        #expect(try uriAnswer().contains("STS.DEMO"))
+        kill(first, SIGKILL)
+        var status: Int32 = 0
+        waitpid(first, &status, 0)
+        // No server runs: the port is still taken (the store's copy listens).
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(port).bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let fresh = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fresh) }
+        // As a squatter would: past the TIME_WAIT of the connections credfs closed.
+        var one: Int32 = 1
+        setsockopt(fresh, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fresh, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        #expect(bound != 0 && errno == EADDRINUSE, "the port was free between two servers")
+
+        let second = try manager.start(arguments, log: log)
+        pids.append(second)
+        try waitUntil("the successor to serve") { serverPID() == Int(second) }
+        #expect(try uriAnswer().contains("STS.DEMO"))
+
+        // Without the stored socket, and with the port taken by someone else.
+        kill(second, SIGKILL)
+        waitpid(second, &status, 0)
+        manager.pump()
+        manager.store.removeAll { entry in
+            if entry.name == "listen-uri" { close(entry.fd) }
+            return entry.name == "listen-uri"
+        }
+        let taken = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fresh, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        #expect(taken == 0 && listen(fresh, 1) == 0)
+        let third = try manager.start(arguments, log: log)
+        pids.append(third)
+        // Its log first: a mount with no server would block a read of `status` for ever.
+        try waitUntil("the third server to take over") {
+            var ended: Int32 = 0
+            if waitpid(third, &ended, WNOHANG) == third {
+                throw HarnessError(description: "the successor exited: \(readProcFile(log)?.suffix(300) ?? "")")
+            }
+            return readProcFile(log)?.components(separatedBy: "took over the mount").count == 3
+        }
+        #expect(serverPID() == Int(third))
+        #expect(readFile(mountpoint + "/credentials").text?.contains("STS.DEMO") == true)
+        try waitUntil("the log line") {
+            readProcFile(log)?.contains("serving the mount without the credentials URI") == true
+        }
+        kill(third, SIGTERM)
+        waitpid(third, &status, 0)
+        #expect(status == 0)
+        #expect(!isMounted(mountpoint))
+        pids = []
     }
 }
