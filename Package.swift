@@ -36,6 +36,14 @@ let package = Package(
                 "Posix",
                 .product(name: "Logging", package: "swift-log"),
                 "CCurl",
+            ]
+        ),
+        // `--serve-uri` and `--metrics`: one small HTTP server on SwiftNIO and its two handlers
+        // (the only NIO in credfs; the core knows neither NIO nor FUSE).
+        .target(
+            name: "Listeners",
+            dependencies: [
+                "CredentialCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -46,6 +54,7 @@ let package = Package(
             dependencies: [
                 "FuseBridge",
                 "CredentialCore",
+                "Listeners",
                 "CFuse3",
                 "Posix",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -73,10 +82,15 @@ let package = Package(
             dependencies: ["CredentialCore"]
         ),
         .testTarget(
+            name: "ListenersTests",
+            dependencies: ["Listeners", "CredentialCore"]
+        ),
+        .testTarget(
             name: "CredfsTests",
             dependencies: [
                 "credfs",
                 "CredentialCore",
+                "Listeners",
                 "CFuse3",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -49,7 +49,7 @@ public struct SystemRefreshClock: RefreshClock {
 /// most one upstream request in flight, reads that never touch the network.
 public final class Refresher: Sendable {
     public let provider: any CredentialProvider
-    let clock: any RefreshClock
+    public let clock: any RefreshClock
     let random: @Sendable () -> Double
     let logger: Logger
     /// Called after each new generation is published, from the refresher's own task (never

@@ -13,7 +13,7 @@ struct Unmount: AsyncParsableCommand {
     var mountpoint: String = "/mnt/.alibabacloud"
 
     func run() async throws {
-        let path = URL(fileURLWithPath: mountpoint).standardizedFileURL.path
+        let path = MountPoint.resolve(mountpoint)
         guard MountPoint.mountType(at: path) == "fuse.credfs" else {
             throw Failure(message: "no credfs mount at \(path)")
         }
@@ -32,13 +32,15 @@ struct Status: AsyncParsableCommand {
     var mountpoint: String = "/mnt/.alibabacloud"
 
     func run() async throws {
-        let path = URL(fileURLWithPath: mountpoint).appendingPathComponent("status").path
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw Failure(message: "cannot read \(path): \(MountPoint.describe(errno))")
+        let data: [UInt8]
+        do {
+            data = try SmallFile.read(MountPoint.resolve(mountpoint) + "/status", what: "status file")
+        } catch {
+            throw Failure(message: "\(error)")
         }
-        Output.standardOutput(Array(data))
+        Output.standardOutput(data)
         struct State: Decodable { var state: String }
-        let state = (try? JSONDecoder().decode(State.self, from: data))?.state
+        let state = (try? JSONDecoder().decode(State.self, from: Data(data)))?.state
         guard state == "fresh" || state == "refreshing" else {
             // The status printed says why; this line says what exit 1 means.
             throw Failure(message: "the mount is \(state ?? "in no state credfs knows"), not fresh or refreshing")

@@ -63,7 +63,7 @@ struct Doctor: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let path = URL(fileURLWithPath: mountpoint).standardizedFileURL.path
+        let path = MountPoint.resolve(mountpoint)
         let environment = ProcessInfo.processInfo.environment
         var checks: [Check] = []
         let status = Self.mountCheck(path, into: &checks)
@@ -90,15 +90,17 @@ struct Doctor: AsyncParsableCommand {
             checks.append(.fail("mount", "no credfs mount at \(path)", fix: start))
             return nil
         }
-        guard let data = FileManager.default.contents(atPath: path + "/status") else {
-            let reason = MountPoint.describe(errno)
+        let data: [UInt8]
+        do {
+            data = try SmallFile.read(path + "/status", what: "status file")
+        } catch {
             checks.append(
                 .fail(
-                    "mount", "the mount at \(path) does not answer (\(reason))",
+                    "mount", "the mount at \(path) does not answer (\(error))",
                     fix: "clear the dead mount and start again: umount -l \(path); credfs mount \(path)"))
             return nil
         }
-        guard let status = try? JSONDecoder().decode(StatusFile.self, from: data) else {
+        guard let status = try? JSONDecoder().decode(StatusFile.self, from: Data(data)) else {
             checks.append(.fail("mount", "the status file at \(path) is not credfs status JSON", fix: start))
             return nil
         }
@@ -214,16 +216,12 @@ struct Doctor: AsyncParsableCommand {
     }
 
     static func namespaceCheck(_ path: String) -> Check {
-        guard let text = try? String(contentsOfFile: "/proc/1/mountinfo", encoding: .utf8) else {
+        // PID 1's mounts, read whole: on a node they run far past the 4 KiB that
+        // `String(contentsOfFile:)` would return of a procfs file.
+        guard let mounts = MountPoint.mounts(in: "/proc/1/mountinfo") else {
             return .skip("namespace", "cannot read PID 1's mounts (run as root to check)")
         }
-        let visible = text.split(separator: "\n").contains { line in
-            let fields = line.split(separator: " ", omittingEmptySubsequences: false)
-            guard fields.count > 6, let dash = fields.firstIndex(of: "-"), dash + 1 < fields.count else {
-                return false
-            }
-            return MountPoint.unescape(String(fields[4])) == path && fields[dash + 1] == "fuse.credfs"
-        }
+        let visible = mounts.contains { $0.path == path && $0.type == "fuse.credfs" }
         guard visible else {
             return .fail(
                 "namespace",
@@ -247,16 +245,7 @@ struct Doctor: AsyncParsableCommand {
 
     /// The options of the topmost mount at `path` (per-mount and superblock).
     static func mountOptions(_ path: String) -> [String] {
-        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
-        var found: [String] = []
-        for line in text.split(separator: "\n") {
-            let fields = line.split(separator: " ", omittingEmptySubsequences: false)
-            guard fields.count > 6, let dash = fields.firstIndex(of: "-"), dash + 3 < fields.count,
-                MountPoint.unescape(String(fields[4])) == path
-            else { continue }
-            found = (fields[5].split(separator: ",") + fields[dash + 3].split(separator: ",")).map(String.init)
-        }
-        return found
+        MountPoint.mounts()?.last { $0.path == path }?.options ?? []
     }
 
     /// Upstream text is already redacted by the daemon; keep it to one short line here too.

@@ -13,6 +13,17 @@ enum FstabArguments {
         "strictatime", "nodiratime", "diratime", "sync", "async", "default_permissions",
     ]
 
+    /// The `credfs mount` options an fstab line may set (README, "fstab"): every option
+    /// `credfs mount --help` lists, but `--foreground` (mount(8) would wait for ever), and
+    /// no hidden one (`ready_fd`, `fuse_debug`), no `help` or `version` (they would exit 0
+    /// without mounting, and mount(8) would report success). Spelt with `-`, as the flags.
+    static let documented: Set<String> = [
+        "provider", "uri", "demo-lifetime", "imds-endpoint", "role", "command", "role-arn", "source-provider",
+        "external-id", "oidc-provider-arn", "oidc-token-file", "role-session-name", "duration", "policy",
+        "policy-file", "sts-endpoint", "allow-other", "uid", "gid", "mode", "refresh-before", "initial-wait",
+        "region", "serve-uri", "metrics", "log-level", "kernel-cache", "log-file",
+    ]
+
     /// True when `arguments` (argv, with argv[0]) look like a mount helper call.
     static func applies(to arguments: [String]) -> Bool {
         let name = arguments.first.map { $0.split(separator: "/").last.map(String.init) ?? $0 } ?? ""
@@ -68,7 +79,8 @@ enum FstabArguments {
     /// util-linux), `comment=`, `fsname=` and `subtype=` are ignored. An empty key
     /// (`=`, `=x`), a key that is not `[a-z][a-z0-9_-]*`, or an empty value (`provider=`) is
     /// an error: exit 64, one line. A value cannot hold a comma (mount(8) splits on
-    /// them): a session policy goes in through `policy_file=PATH`.
+    /// them): a session policy goes in through `policy_file=PATH`. A key that is not one of
+    /// the ``documented`` options is an error too.
     static func mountFlags(options list: String) -> Result<[String], Failure> {
         var flags: [String] = []
         for item in list.split(separator: ",", omittingEmptySubsequences: true) {
@@ -103,7 +115,14 @@ enum FstabArguments {
                             "-o: option names are a lower-case letter, then letters, digits, '_' and '-' (got an option that is not)",
                         code: 64))
             }
-            let flag = "--" + String(key.map { $0 == "_" ? "-" : $0 })
+            let name = String(key.map { $0 == "_" ? "-" : $0 })
+            guard documented.contains(name) else {
+                return .failure(
+                    Failure(
+                        message: "-o: \(key) is not an fstab option of credfs (the list: README, fstab)",
+                        code: 64))
+            }
+            let flag = "--" + name
             if let value {
                 guard !value.isEmpty else {
                     return .failure(Failure(message: "-o: \(key)= needs a value", code: 64))

@@ -15,6 +15,10 @@ final class Hitless: Sendable {
     static let fuseName = "fuse"
     static let initName = "fuse-init"
     static let statePrefix = "state."
+    /// The listening sockets of `--serve-uri` and `--metrics` (ListenerService.swift).
+    static let uriListenerName = "listen-uri"
+    static let metricsListenerName = "listen-metrics"
+    static let listenerNames: Set<String> = [uriListenerName, metricsListenerName]
 
     /// A previous server's connection and state, when this process is its successor.
     struct Inherited {
@@ -47,6 +51,9 @@ final class Hitless: Sendable {
     /// INIT): removed before a new mount stores its own. Names this binary does not know are
     /// left alone (closed here, kept in the store for whoever knows them).
     let staleNames: [String]
+    /// Listening sockets the fd store handed over, by name: carried whether or not the
+    /// connection was (a listener is never bound again while the store holds it).
+    let listeners: [String: Int32]
     let logger: Logger
     private let sender = Mutex<StateSender?>(nil)
     private let floor = Mutex<StateFloor?>(nil)
@@ -60,8 +67,11 @@ final class Hitless: Sendable {
         var initRequest: [UInt8]?
         var states: [(sequence: Int, fd: Int32)] = []
         var floors: [Int32] = []
+        var listeners: [String: Int32] = [:]
         for (name, fd) in fds {
-            if name == Self.fuseName, fuseFd == nil {
+            if Self.listenerNames.contains(name), listeners[name] == nil {
+                listeners[name] = fd
+            } else if name == Self.fuseName, fuseFd == nil {
                 fuseFd = fd
             } else if name == Self.initName, initRequest == nil {
                 initRequest = MemoryFile.read(fd, limit: 1 << 20)
@@ -74,6 +84,7 @@ final class Hitless: Sendable {
                 close(fd)
             }
         }
+        self.listeners = listeners
         guard let fuseFd, let initRequest else {
             // No connection to take over: a new mount. What a dead one left goes.
             if let fuseFd { close(fuseFd) }
@@ -333,7 +344,9 @@ final class Hitless: Sendable {
         guard let sender = sender.withLock({ $0 }), !handingOver.load(ordering: .sequentiallyConsistent) else {
             return
         }
-        for name in [Self.fuseName, Self.initName, StateFloor.name] { sender.enqueue(.remove(name: name)) }
+        for name in [Self.fuseName, Self.initName, StateFloor.name] + Self.listenerNames {
+            sender.enqueue(.remove(name: name))
+        }
         sender.finish(within: .seconds(1), state: false)
     }
 

@@ -8,19 +8,14 @@ struct LoopbackAddress {
 
     /// Parses `HOST:PORT` (an IPv6 host in brackets); what is refused says why.
     static func parse(_ argument: String) throws -> LoopbackAddress {
-        guard let colon = argument.lastIndex(of: ":") else {
-            throw ValidationError("expected HOST:PORT, such as 127.0.0.1:8900 or [::1]:8900")
+        guard let parts = ListenAddress.split(argument) else {
+            throw ValidationError("expected HOST:PORT with a port from 0 to 65535, such as 127.0.0.1:8900 or [::1]:8900")
         }
-        var host = String(argument[..<colon])
-        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        guard let port = Int(argument[argument.index(after: colon)...]), (0...65535).contains(port) else {
-            throw ValidationError("the port must be a number from 0 to 65535")
-        }
-        guard isLoopback(host) else {
+        guard isLoopback(parts.host) else {
             throw ValidationError(
                 "the credentials URI is served on a loopback address only: 127.0.0.0/8, [::1] or localhost")
         }
-        return LoopbackAddress(host: host == "localhost" ? "127.0.0.1" : host, port: port)
+        return LoopbackAddress(host: parts.host == "localhost" ? "127.0.0.1" : parts.host, port: parts.port)
     }
 
     static func isLoopback(_ host: String) -> Bool {

@@ -88,7 +88,7 @@ struct Mount: AsyncParsableCommand {
             try await runForeground()
         } else {
             try Daemon.spawnAndWait(
-                arguments: Array(Invocation.arguments.dropFirst()), supervise: Hitless.lexicalPath(mountpoint))
+                arguments: Array(Invocation.arguments.dropFirst()), supervise: MountPoint.resolve(mountpoint))
         }
     }
 
@@ -99,10 +99,15 @@ struct Mount: AsyncParsableCommand {
         let background = readyFd != nil
         var logStream: FileHandleOutputStream?
         if let logFile {
-            guard let stream = FileHandleOutputStream(appendingTo: logFile) else {
-                throw Failure(message: "cannot open the log file \(logFile): \(MountPoint.describe(errno))")
+            do {
+                logStream = try FileHandleOutputStream(appendingTo: logFile)
+            } catch var failure {
+                if let readyFd {
+                    ReadinessPipe(fd: readyFd).fail(failure.message)
+                    failure.reported = true
+                }
+                throw failure
             }
-            logStream = stream
         }
         LoggingSystem.bootstrap { label in
             if let logStream {
@@ -154,11 +159,9 @@ struct Mount: AsyncParsableCommand {
             }
         }
         defer { signals.cancel() }
-        // A successor must not touch the mount before it serves it (a stat would wait for
-        // itself): its path is worked out without the file system.
-        let path =
-            hitless.isSuccessor
-            ? Hitless.lexicalPath(mountpoint) : URL(fileURLWithPath: mountpoint).standardizedFileURL.path
+        // A successor must not stat the mount before it serves it (it would wait for itself):
+        // the path is resolved with readlink alone.
+        let path = MountPoint.resolve(mountpoint)
         // The one clock: the providers, the refresher, the views, the URI server (through
         // the refresher) and the mount's start read it.
         let clock = SystemRefreshClock()
@@ -217,18 +220,13 @@ struct Mount: AsyncParsableCommand {
                 mode: kernelCacheMode ? "kernel-cache" : "default", parkedRequests: fs.parkedCount,
                 openRequests: fs.requestCounts.open)
         }
-        // Listen before mounting: a busy port must not leave a mount behind.
-        var uriServer: CredentialsURIServer?
-        if let serveUri {
-            do {
-                uriServer = try await CredentialsURIServer.bind(
-                    host: serveUri.host, port: serveUri.port, refresher: refresher)
-            } catch {
-                throw Failure(message: "\(error)")
-            }
-        }
-        let metricsServer = try await MetricsService.bind(metrics, views: views)
         hitless.restore(refresher, views: views)
+        // Listen before mounting (a busy port must not leave a mount behind) and after the
+        // restore (a successor's first answer is the carried credentials, never a 503). A
+        // successor serves on the sockets its predecessor bound: the port is never free.
+        let listeners = try await ListenerService.open(
+            serveUri: serveUri, metrics: metrics, refresher: refresher, views: views, inherited: hitless.listeners,
+            successor: hitless.isSuccessor, logger: logger)
         do {
             try hitless.attach(fs, refresher: refresher, views: views, mountedAt: mountedAt)
         } catch {
@@ -259,13 +257,7 @@ struct Mount: AsyncParsableCommand {
             .init(service: FuseService(fs: fs), successTerminationBehavior: .gracefullyShutdownGroup),
             .init(service: RefresherService(refresher: refresher)),
         ]
-        if let uriServer {
-            logger.info(
-                "serving the credentials URI",
-                metadata: ["address": "http://\(serveUri?.urlHost ?? ""):\(uriServer.port)/"])
-            services.append(.init(service: URIService(server: uriServer)))
-        }
-        if let metricsServer { services.append(metricsServer.started(logger: logger)) }
+        services += listeners.map { .init(service: $0) }
         let group = ServiceGroup(
             configuration: .init(
                 services: services,

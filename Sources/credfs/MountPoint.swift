@@ -1,4 +1,5 @@
 import CFuse3
+import CredentialCore
 import FoundationEssentials
 import FuseBridge
 import Glibc
@@ -48,39 +49,62 @@ enum MountPoint {
 
     /// The filesystem type mounted at `path` (the topmost mount), from /proc/self/mountinfo.
     static func mountType(at path: String) -> String? {
-        guard let text = readWhole("/proc/self/mountinfo") else {
-            return nil
-        }
-        var found: String?
+        mounts()?.last { $0.path == path }?.type
+    }
+
+    /// One line of a mountinfo file: where, what type, and the per-mount and superblock
+    /// options together.
+    struct Entry {
+        var path: String
+        var type: String
+        var options: [String]
+    }
+
+    /// The mounts listed in `file` (a mountinfo), in its order; nil when it cannot be read.
+    /// Read whole with ``SmallFile``: a node's mountinfo runs far past 4 KiB.
+    static func mounts(in file: String = "/proc/self/mountinfo") -> [Entry]? {
+        guard let text = SmallFile.text(file) else { return nil }
+        var entries: [Entry] = []
         for line in text.split(separator: "\n") {
             let fields = line.split(separator: " ", omittingEmptySubsequences: false)
             guard fields.count > 6, let dash = fields.firstIndex(of: "-"), dash + 1 < fields.count else {
                 continue
             }
-            if unescape(String(fields[4])) == path { found = String(fields[dash + 1]) }
+            let superOptions = dash + 3 < fields.count ? fields[dash + 3].split(separator: ",") : []
+            entries.append(
+                Entry(
+                    path: unescape(String(fields[4])), type: String(fields[dash + 1]),
+                    options: (fields[5].split(separator: ",") + superOptions).map(String.init)))
         }
-        return found
+        return entries
     }
 
-    /// The whole of a /proc file, read(2) until end of file. `String(contentsOfFile:)` returns
-    /// only the first 4 KiB of a procfs file (its st_size is 0), and a mountinfo with more
-    /// mounts than that (a container, a Kubernetes node) would hide a credfs mount.
-    static func readWhole(_ path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = read(fd, &buffer, buffer.count)
-            if n > 0 {
-                bytes.append(contentsOf: buffer.prefix(n))
-            } else if n == 0 {
-                return String(decoding: bytes, as: UTF8.self)
-            } else if errno != EINTR {
-                return nil
+    /// The one way every command names a mount point (`mount`, its supervisor and servers,
+    /// `unmount`, `status`, `upgrade`, `doctor`; docs/security.md, "Mount points"): made
+    /// absolute, `.` and `..` taken by text, then every symlink in it replaced by its target,
+    /// as `realpath` would, except that a missing tail stays as written (`mount` creates it).
+    /// Only `readlink` touches the path: a mount point whose server is gone or is this very
+    /// process is never stat'ed.
+    static func resolve(_ path: String) -> String {
+        var parts = Hitless.lexicalPath(path).split(separator: "/").map(String.init)
+        var done: [String] = []
+        var hops = 0
+        while !parts.isEmpty {
+            let next = parts.removeFirst()
+            let candidate = "/" + (done + [next]).joined(separator: "/")
+            var buffer = [CChar](repeating: 0, count: 4097)
+            let n = readlink(candidate, &buffer, buffer.count - 1)
+            guard n > 0, hops < 40 else {
+                done.append(next)
+                continue
             }
+            hops += 1
+            let target = String(decoding: buffer.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            let base = target.hasPrefix("/") ? target : "/" + done.joined(separator: "/") + "/" + target
+            parts = Hitless.lexicalPath(base).split(separator: "/").map(String.init) + parts
+            done = []
         }
+        return "/" + done.joined(separator: "/")
     }
 
     /// mountinfo escapes space, tab, newline and backslash as `\ooo`.

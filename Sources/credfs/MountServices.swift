@@ -33,15 +33,3 @@ struct RefresherService: Service {
         }
     }
 }
-
-/// `--serve-uri`: answers until shutdown.
-struct URIService: Service {
-    let server: CredentialsURIServer
-    func run() async throws {
-        await withGracefulShutdownHandler {
-            await server.waitUntilClosed()
-        } onGracefulShutdown: {
-            Task { await server.close() }
-        }
-    }
-}

@@ -66,12 +66,41 @@ struct SystemLogHandler: LogHandler {
 }
 
 /// Log lines appended to a file (`--log-file`), one `write` each.
+///
+/// The daemon runs as root and the path may lie in a directory others can write to: the
+/// file is opened with `O_NOFOLLOW` (a planted symlink is refused, never followed) and
+/// kept only if it is a regular file with one link owned by the user credfs runs as, that
+/// is root's own log or one it just created (docs/security.md, "Log file").
 final class FileHandleOutputStream: TextOutputStream, Sendable {
     let fd: Int32
 
-    init?(appendingTo path: String) {
-        fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0o600)
-        if fd < 0 { return nil }
+    /// Opens `path` for appending, or throws the one-line reason.
+    init(appendingTo path: String) throws(Failure) {
+        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0o600)
+        guard fd >= 0 else {
+            let reason = errno == ELOOP ? "it is a symlink" : MountPoint.describe(errno)
+            throw Failure(message: "cannot open the log file \(path): \(reason)")
+        }
+        var st = stat()
+        let refusal: String?
+        if fstat(fd, &st) != 0 {
+            refusal = MountPoint.describe(errno)
+        } else if st.st_mode & S_IFMT != S_IFREG {
+            refusal = "not a regular file"
+        } else if st.st_uid != geteuid() {
+            refusal = "owned by uid \(st.st_uid), not by uid \(geteuid()) that credfs runs as"
+        } else if st.st_nlink != 1 {
+            refusal = "it has \(st.st_nlink) hard links"
+        } else {
+            refusal = nil
+        }
+        if let refusal {
+            close(fd)
+            throw Failure(message: "refusing the log file \(path): \(refusal)")
+        }
+        // Writes block like any log's: only the open was non-blocking (a FIFO at the path).
+        _ = fcntl(fd, F_SETFL, O_WRONLY | O_APPEND)
+        self.fd = fd
     }
 
     deinit { close(fd) }

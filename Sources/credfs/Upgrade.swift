@@ -20,7 +20,7 @@ struct Upgrade: ParsableCommand {
     var binary: String?
 
     func run() throws {
-        let path = URL(fileURLWithPath: mountpoint).standardizedFileURL.path
+        let path = MountPoint.resolve(mountpoint)
         guard MountPoint.mountType(at: path) == "fuse.credfs" else {
             throw Failure(message: "no credfs mount at \(path)")
         }

@@ -200,8 +200,9 @@ struct ClientViewTests {
         let big = String(repeating: "x", count: 20_000)
         #expect(try code("-H 'X-Big: \(big)'") == "000", "a 20 KiB head is cut off")
 
-        // 100 idle connections: at most 64 are kept; the rest are closed at once, and the
-        // kept ones are closed once idle for 10 s. Then the server still answers.
+        // 100 idle connections: at most 64 are kept (the oldest give way to newer ones at
+        // once), and the kept ones are closed when no request head comes within 3 s. Then
+        // the server still answers.
         let flood = try shell(
             """
             python3 - <<'PY'

@@ -80,6 +80,34 @@ import Testing
         #expect(FstabArguments.translate(["mount.fuse.credfs", "x"]).failureMessage != nil)
     }
 
+    /// Only the documented keys pass (issue 20): a hidden flag (`foreground`, `ready_fd`,
+    /// `fuse_debug`) would make mount(8) wait for ever or hand credfs a descriptor, and
+    /// `help`/`version` would exit 0 without mounting (mount(8) would report success).
+    @Test func onlyTheDocumentedKeysPass() {
+        for key in ["foreground", "ready_fd=3", "fuse_debug", "help", "version", "f", "bogus", "supervise"] {
+            let name = key.split(separator: "=").first.map(String.init) ?? key
+            #expect(error(key) == "-o: \(name) is not an fstab option of credfs (the list: README, fstab)", "\(key)")
+        }
+        #expect(flags("kernel_cache,serve_uri=127.0.0.1:1,log_file=/var/log/credfs.log") != nil)
+    }
+
+    /// The keys are `credfs mount --help`'s options, less `--foreground`, `--help` and
+    /// `--version`: a new mount option is added here, or this fails.
+    @Test func theDocumentedKeysAreTheMountHelpsOptions() throws {
+        let help = try runCredfs(["mount", "--help"])
+        var options: Set<String> = []
+        for line in help.stdout.split(separator: "\n") {
+            let trimmed = line.drop { $0 == " " }
+            guard trimmed.hasPrefix("-") else { continue }
+            for token in trimmed.split(whereSeparator: { $0 == " " || $0 == "," }) {
+                guard token.hasPrefix("-") else { break }
+                if token.hasPrefix("--") { options.insert(String(token.dropFirst(2))) }
+            }
+        }
+        #expect(options.isSuperset(of: ["provider", "foreground", "help", "version"]), "\(help.stdout)")
+        #expect(FstabArguments.documented == options.subtracting(["foreground", "help", "version"]))
+    }
+
     /// Seeded random option strings: translate never traps; every result is an exit 64
     /// with one line, or flags of the form `--name[=value]` that ArgumentParser can parse
     /// (or reject) without a trap.
@@ -126,7 +154,7 @@ import Testing
     }
 
     /// End to end: the binary called as a mount helper exits 64 with one line.
-    @Test(arguments: ["=", "provider=", "Pro=x", "x\ny"])
+    @Test(arguments: ["=", "provider=", "Pro=x", "x\ny", "version", "help", "foreground", "ready_fd=3", "fuse_debug"])
     func theHelperExits64WithOneLine(options: String) throws {
         let result = try runCredfs(["credfs", "/nonexistent/credfs-fuzz", "-o", options])
         #expect(result.status == 64)

@@ -1,3 +1,4 @@
+import CredentialCore
 import Foundation
 import Testing
 
@@ -68,7 +69,7 @@ func isMounted(_ path: String) -> Bool {
 
 /// The whole of a /proc file (the daemon's own reader: `String(contentsOfFile:)` stops after
 /// the first 4 KiB of a procfs file).
-func readProcFile(_ path: String) -> String? { MountPoint.readWhole(path) }
+func readProcFile(_ path: String) -> String? { SmallFile.text(path) }
 
 /// Runs `credfs` to completion, capturing its output.
 struct CommandResult {
@@ -246,7 +247,7 @@ enum Host {
     /// that has it as a module not loaded yet gets it loaded (`modprobe overlay`).
     static let hasOverlay: Bool = {
         func listed() -> Bool {
-            (try? String(contentsOfFile: "/proc/filesystems", encoding: .utf8))?.contains("\toverlay") ?? false
+            readProcFile("/proc/filesystems")?.contains("\toverlay") ?? false
         }
         guard canMount else { return false }
         if listed() { return true }

@@ -253,8 +253,7 @@ import Testing
 }
 
 func parentPID(of pid: pid_t) -> pid_t? {
-    guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-        let close = text.range(of: ")", options: .backwards)
+    guard let text = readProcFile("/proc/\(pid)/stat"), let close = text.range(of: ")", options: .backwards)
     else { return nil }
     let fields = text[close.upperBound...].split(separator: " ")
     return fields.count > 1 ? pid_t(fields[1]) : nil
@@ -262,7 +261,7 @@ func parentPID(of pid: pid_t) -> pid_t? {
 
 /// True while `pid` exists and is not a zombie.
 func isAlive(_ pid: pid_t) -> Bool {
-    guard kill(pid, 0) == 0, let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+    guard kill(pid, 0) == 0, let text = readProcFile("/proc/\(pid)/stat"),
         let close = text.range(of: ")", options: .backwards)
     else { return false }
     return text[close.upperBound...].split(separator: " ").first != "Z"

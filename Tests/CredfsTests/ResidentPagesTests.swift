@@ -65,7 +65,7 @@ import Testing
     /// everything still runs (the code faults back in).
     @Test func releasingInALiveProcessKeepsItWorking() throws {
         func rssFileKB() -> Int {
-            let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+            let status = readProcFile("/proc/self/status") ?? ""
             let line = status.split(separator: "\n").first { $0.hasPrefix("RssFile:") } ?? ""
             return Int(line.split(separator: " ").dropFirst().first ?? "") ?? -1
         }
