@@ -18,6 +18,12 @@ enum Entry {
                 exit(64)
             }
         }
+        switch ConfigFile.expand(arguments) {
+        case .success(let expanded): arguments = expanded
+        case .failure(let failure):
+            Output.error("credfs: \(failure.message)")
+            exit(64)
+        }
         Invocation.arguments = arguments
         if let supervise = Supervise.fastPath(arguments) {
             do { try supervise.run() } catch { exit(1) }
@@ -45,7 +51,8 @@ enum Entry {
             }
             let message = Credfs.message(for: error).split(whereSeparator: \.isNewline).first.map(
                 String.init)
-            Output.error("credfs: \(message ?? "error")")
+            // A value from a config file: name its line and key.
+            Output.error("credfs: \(message.flatMap(ConfigFile.locate) ?? message ?? "error")")
             exit(code.rawValue)
         }
     }
@@ -65,7 +72,10 @@ struct Failure: Error {
 }
 
 struct Credfs: AsyncParsableCommand {
-    static let version = "0.1.0"
+    /// From the repository's VERSION file (Sources/credfs/VERSION links to it), first line.
+    static let version =
+        String(decoding: PackageResources.VERSION, as: UTF8.self).split(whereSeparator: \.isNewline).first.map(
+            String.init) ?? "unknown"
     static let configuration = CommandConfiguration(
         commandName: "credfs",
         abstract: "Alibaba Cloud STS credentials as read-only files, kept fresh in the background.",
