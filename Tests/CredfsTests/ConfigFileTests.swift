@@ -163,4 +163,30 @@ struct ConfigFileMountTests {
         #expect(unmount.status == 0)
         try waitUntil("unmounted") { !isMounted(mountpoint) }
     }
+
+    /// The VERSION file's version in `--version`, `status` and the metrics' build_info.
+    @Test func oneVersionEverywhere() throws {
+        let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        let file = try String(contentsOf: repository.appendingPathComponent("VERSION"), encoding: .utf8)
+        let version = String(file.split(separator: "\n").first ?? "")
+        #expect(!version.isEmpty)
+        #expect(try runCredfs(["--version"]).stdout == version + "\n")
+        let dir = try TempDir()
+        let mountpoint = dir.path + "/mnt"
+        defer {
+            if isMounted(mountpoint) { umount2(mountpoint, Int32(MNT_DETACH)) }
+            dir.remove()
+        }
+        let port = unusedLoopbackPort()
+        try "provider = demo\nmetrics = 127.0.0.1:\(port)\n".write(
+            toFile: dir.path + "/credfs.conf", atomically: true, encoding: .utf8)
+        let mounted = try runCredfs(["mount", mountpoint, "--config", dir.path + "/credfs.conf"])
+        #expect(mounted.status == 0, "\(mounted.stderr)")
+        #expect(readFile(mountpoint + "/status").text?.contains("\"version\": \"\(version)\"") == true)
+        let metrics = try runProcess(
+            "/usr/bin/curl", ["-s", "-S", "--max-time", "5", "http://127.0.0.1:\(port)/metrics"])
+        #expect(metrics.stdout.contains("credfs_build_info{version=\"\(version)\"} 1\n"), "\(metrics.stdout)")
+        #expect(try runCredfs(["unmount", mountpoint]).status == 0)
+    }
 }
