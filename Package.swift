@@ -62,6 +62,9 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
+            // The version, from the repository's VERSION file (one place for the binary, the
+            // package and the man pages; docs/packaging.md).
+            resources: [.embedInCode("VERSION")],
             // The shipping build: lld with packed relative relocations (DT_RELR, glibc >= 2.36)
             // and no dynamic symbol table for the executable: -2.7 MB stripped, -3 MiB RSS
             // (docs/design.md).

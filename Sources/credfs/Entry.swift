@@ -18,6 +18,12 @@ enum Entry {
                 exit(64)
             }
         }
+        switch ConfigFile.expand(arguments) {
+        case .success(let expanded): arguments = expanded
+        case .failure(let failure):
+            Output.error("credfs: \(failure.message)")
+            exit(64)
+        }
         Invocation.arguments = arguments
         if let supervise = Supervise.fastPath(arguments) {
             do { try supervise.run() } catch { exit(1) }
@@ -43,8 +49,11 @@ enum Entry {
                 }
                 exit(failure.code)
             }
-            // An exit code alone (an ExitCode thrown) has said what it had to already.
-            if let message = Messages.oneLine(Credfs.message(for: error)) { Output.error("credfs: \(message)") }
+            // An exit code alone (an ExitCode thrown) has said what it had to already; a
+            // value from a config file names its line and key.
+            if let message = Messages.oneLine(Credfs.message(for: error)) {
+                Output.error("credfs: \(ConfigFile.locate(message) ?? message)")
+            }
             exit(code.rawValue)
         }
     }
@@ -64,7 +73,10 @@ struct Failure: Error {
 }
 
 struct Credfs: AsyncParsableCommand {
-    static let version = "0.1.0"
+    /// From the repository's VERSION file (Sources/credfs/VERSION links to it), first line.
+    static let version =
+        String(decoding: PackageResources.VERSION, as: UTF8.self).split(whereSeparator: \.isNewline).first.map(
+            String.init) ?? "unknown"
     static let configuration = CommandConfiguration(
         commandName: "credfs",
         abstract: "Alibaba Cloud STS credentials as read-only files, kept fresh in the background.",

@@ -18,6 +18,13 @@ struct Mount: AsyncParsableCommand {
     @Argument(help: "Where to mount.")
     var mountpoint: String = "/mnt/.alibabacloud"
 
+    /// Read before parsing, by ``ConfigFile/expand(_:)``: here for --help and the man pages.
+    @Option(
+        help:
+            "Take options from this file first (key = value lines, as in /etc/credfs/credfs.conf); the command line wins."
+    )
+    var config: String?
+
     @OptionGroup var source: ProviderOptions
 
     @Flag(name: [.short, .long], help: "Stay in the foreground (for systemd and debugging).")
