@@ -41,9 +41,10 @@ final class TwoReadsScript {
     }
 
     func remove() {
-        // SIGKILL: a child of a test thread starts with SIGTERM blocked.
+        // SIGKILL: a child of a test thread starts with SIGTERM blocked. A bounded wait: a
+        // failing test must end, not hang on its reader.
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
+        try? waitUntil("the reader to end", timeout: 5) { !process.isRunning }
         dir.remove()
     }
 }
