@@ -21,7 +21,7 @@ enum FstabArguments {
         "provider", "uri", "demo-lifetime", "imds-endpoint", "role", "command", "role-arn", "source-provider",
         "external-id", "oidc-provider-arn", "oidc-token-file", "role-session-name", "duration", "policy",
         "policy-file", "sts-endpoint", "allow-other", "uid", "gid", "mode", "refresh-before", "initial-wait",
-        "region", "serve-uri", "metrics", "log-level", "kernel-cache", "log-file",
+        "region", "serve-uri", "metrics", "log-level", "kernel-cache", "log-file", "config",
     ]
 
     /// True when `arguments` (argv, with argv[0]) look like a mount helper call.
