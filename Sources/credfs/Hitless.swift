@@ -11,10 +11,10 @@ import Synchronization
 /// server when the fd store hands us its connection, keep the store's copy of our state
 /// current, and hand over on SIGUSR2.
 final class Hitless: Sendable {
-    /// Descriptor names in the store.
-    static let fuseName = "fuse"
-    static let initName = "fuse-init"
-    static let statePrefix = "state."
+    /// Descriptor names in the store (``StoreProtocol``).
+    static let fuseName = StoreProtocol.fuse
+    static let initName = StoreProtocol.fuseInit
+    static let statePrefix = StoreProtocol.statePrefix
 
     /// A previous server's connection and state, when this process is its successor.
     struct Inherited {
@@ -109,8 +109,9 @@ final class Hitless: Sendable {
 
     /// Serve what the previous server served, without asking the upstream: its
     /// credentials and clock, its process-group pins (each with its generation and
-    /// deadline), and its provider's cached state (a metadata token, a role name).
-    func restore(_ refresher: Refresher, views: CredentialViewSource) {
+    /// deadline), and its provider's cached state (a metadata token, a role name). Only
+    /// ``attach(_:refresher:views:mountedAt:)`` calls it, first: nothing is served before.
+    private func restore(_ refresher: Refresher, views: CredentialViewSource) {
         guard let state = inherited?.state else { return }
         ServingProcess.restarts = state.restarts + 1
         if let published = state.published {
@@ -128,6 +129,7 @@ final class Hitless: Sendable {
     /// Starts serving: the successor adopts the connection; the first server mounts and
     /// stores its connection once the kernel's INIT has arrived.
     func attach(_ fs: FuseFileSystem, refresher: Refresher, views: CredentialViewSource, mountedAt: Date) throws {
+        restore(refresher, views: views)
         let sender = StateSender(firstSequence: inherited?.stateSequence ?? 0) { publishing in
             CarriedState.make(
                 refresher: refresher, views: views, fs: fs, mountedAt: mountedAt, restarts: ServingProcess.restarts,

@@ -160,7 +160,7 @@ struct Mount: AsyncParsableCommand {
         let clock = SystemRefreshClock()
         // Relative paths (the mount point, an OIDC token file) are resolved before this.
         let provider = source.makeProvider(clock: clock)
-        if readyFd != nil {
+        if readyFd != nil || ServerLaunch.current != nil {
             // A daemon keeps no caller's working directory busy.
             _ = chdir("/")
         }
@@ -224,7 +224,6 @@ struct Mount: AsyncParsableCommand {
             }
         }
         let metricsServer = try await MetricsService.bind(metrics, views: views)
-        hitless.restore(refresher, views: views)
         do {
             try hitless.attach(fs, refresher: refresher, views: views, mountedAt: mountedAt)
         } catch {
@@ -233,7 +232,7 @@ struct Mount: AsyncParsableCommand {
         fileSystem.value = fs
         fs.start()
         if hitless.isSuccessor {
-            FDStore.send("SERVING=1", fds: [])
+            FDStore.send(.serving)
             if let published = refresher.serving() {
                 notifier.ready(status: "took over; serving generation \(published.generation)")
             }
