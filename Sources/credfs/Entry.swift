@@ -68,12 +68,15 @@ enum Entry {
 /// fstab `-o` list. What /proc/PID/cmdline shows from then on is `*` in their place. (In
 /// the moment before, it showed them: the flags' file and environment forms avoid that.)
 enum SecretArguments {
-    static func scrub() {
+    static func scrub() { scrub(CommandLine.unsafeArgv, count: Int(CommandLine.argc)) }
+
+    /// Scrubs `argv[1..<count]` in place.
+    static func scrub(_ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>, count: Int) {
         let flags = ProviderOptions.secretFlags
         var secretNext = false
         var optionsNext = false
-        for index in 1..<Int(max(1, CommandLine.argc)) {
-            guard let argument = CommandLine.unsafeArgv[index] else { continue }
+        for index in 1..<max(1, count) {
+            guard let argument = argv[index] else { continue }
             let text = String(cString: argument)
             let length = Int(strlen(argument))
             defer {
@@ -87,14 +90,12 @@ enum SecretArguments {
             } else if optionsNext || text.hasPrefix("-o") {
                 // An fstab list: `key=value` items separated by commas, `_` or `-` in keys.
                 var start = text.hasPrefix("-o") && !optionsNext ? 2 : 0
-                for item in Array(text.utf8)[start...].split(
-                    separator: UInt8(ascii: ","), omittingEmptySubsequences: false)
-                {
+                let bytes = Array(text.utf8)
+                for item in bytes[start...].split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false) {
                     let key = String(
                         decoding: item.prefix { $0 != UInt8(ascii: "=") }.map {
                             $0 == UInt8(ascii: "_") ? UInt8(ascii: "-") : $0
-                        },
-                        as: UTF8.self)
+                        }, as: UTF8.self)
                     if flags.contains(key), item.count > key.utf8.count {
                         blank(argument, from: start + key.utf8.count + 1, to: start + item.count)
                     }

@@ -204,6 +204,7 @@ final class Supervisor {
             return
         }
         let path = ControlSocket.path(supervisor: getpid(), uid: uid)
+        ControlSocket.removeStale(uid: uid)
         // A socket left by a supervisor that had this pid before (killed, never cleaned up).
         unlink(path)
         control = credfs_listen_seqpacket(path)
@@ -327,6 +328,7 @@ final class Supervisor {
         guard Self.exitedNormally(checked), Self.exitCode(checked) == 0 else {
             return "error: \(name) does not run (--version: \(Self.describe(checked)))"
         }
+        if terminating { return "error: the supervisor is stopping" }
         // 2. The old server stops reading, answers what it read, stores its state, exits.
         guard let old = server else { return "error: no server is running" }
         handingOver = true
@@ -350,6 +352,10 @@ final class Supervisor {
         }
         server = next
         pump(until: { self.serving.contains(next.pid) || self.exits[next.pid] != nil }, seconds: limits.serving)
+        if terminating {
+            // The loop passes SIGTERM on to whichever server this is.
+            return "error: the supervisor is stopping"
+        }
         if serving.contains(next.pid), exits[next.pid] == nil {
             close(binary)
             binary = newBinary

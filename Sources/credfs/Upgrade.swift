@@ -96,6 +96,15 @@ enum ControlSocket {
         return nil
     }
 
+    /// Removes the sockets of supervisors that no longer run (killed before they could).
+    static func removeStale(uid: uid_t) {
+        let dir = directory(uid: uid)
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
+            guard name.hasSuffix(".sock"), let pid = pid_t(name.dropLast(5)), pid > 0 else { continue }
+            if kill(pid, 0) != 0, errno == ESRCH { unlink(dir + "/" + name) }
+        }
+    }
+
     /// Connects to the supervisor of the mount at `mountpoint`, and checks it is that: the
     /// socket sits in its owner's private directory, and the process at the other end is the
     /// parent of the process serving the mount.

@@ -11,7 +11,8 @@
 //                                    behind a zero window, SO_LINGER 120 s), send it to each
 //                                    TARGET (@name: a datagram; a path: an upgrade request on
 //                                    a sequenced-packet connection), print one line per target,
-//                                    then hold everything open until stdin closes
+//                                    close its own copy, and keep the connection alive until
+//                                    killed
 //   control_plane fexec PATH ARG...  open PATH, unlink it, run the open file with ARG... (its
 //                                    /proc/self/exe then reads "PATH (deleted)")
 #define _GNU_SOURCE
@@ -177,7 +178,11 @@ static int linger_at(int argc, char **argv) {
     }
     printf("done\n");
     fflush(stdout);
-    // Held open (the victim socket, the listener) until the test is done: then SIGKILL.
+    // Our own copy goes: whoever received one now holds the last reference, and its
+    // close() is the one that waits. (If nobody took it, this close waits here.)
+    close(victim);
+    // The listener stays open (else the connection is reset and nothing waits) until the
+    // test is done with us: SIGKILL.
     char byte;
     while (read(0, &byte, 1) > 0) {}
     pause();
