@@ -22,6 +22,10 @@ public struct Spawn {
     public var stderr: Stream = .inherit
     /// More descriptors for the child: child fd ← parent fd.
     public var descriptors: [(child: Int32, parent: Int32)] = []
+    /// Runs the file open at `descriptor` instead of looking ``executable`` up by path (fexecve
+    /// in effect): the child sees it at `slot`, execs `/proc/self/fd/SLOT`, and a script's
+    /// interpreter reads it there. What runs is the file opened, whatever its path names now.
+    public var executableFile: (descriptor: Int32, slot: Int32)?
     /// A session of its own (a daemon), or else optionally a process group of its own.
     public var newSession = false
     public var newProcessGroup = false
@@ -46,6 +50,8 @@ public struct Spawn {
         // dup2 clears close-on-exec on the child's copy; everything else the parent holds
         // must be close-on-exec already (credfs opens all its descriptors so).
         for (child, parent) in descriptors { posix_spawn_file_actions_adddup2(&actions, parent, child) }
+        if let file = executableFile { posix_spawn_file_actions_adddup2(&actions, file.descriptor, file.slot) }
+        let path = executableFile.map { "/proc/self/fd/\($0.slot)" } ?? executable
 
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
@@ -72,9 +78,9 @@ public struct Spawn {
         var pid = pid_t()
         let started = envp.withUnsafeMutableBufferPointer { given in
             let env = environment == nil ? credfs_environ() : given.baseAddress
-            return executable.contains("/")
-                ? posix_spawn(&pid, executable, &actions, &attributes, argv, env)
-                : posix_spawnp(&pid, executable, &actions, &attributes, argv, env)
+            return path.contains("/")
+                ? posix_spawn(&pid, path, &actions, &attributes, argv, env)
+                : posix_spawnp(&pid, path, &actions, &attributes, argv, env)
         }
         guard started == 0 else { return .failure(SpawnError(code: started)) }
         return .success(pid)

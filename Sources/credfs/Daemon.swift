@@ -10,27 +10,45 @@ import Posix
 /// `x=$(credfs mount … 2>&1)` returns), its log goes to `--log-file` or the system log,
 /// and it leaves the caller's working directory.
 enum Daemon {
-    static func spawnAndWait(arguments: [String], supervise mountpoint: String? = nil) throws {
+    static func spawnAndWait(arguments: [String], supervise mountpoint: String) throws {
         guard let pipe = Spawn.pipe() else { throw Failure(message: "pipe: \(MountPoint.describe(errno))") }
-        let childFd: Int32 = 3
 
         // The daemon outlives this process: it must not keep any descriptor it was not
         // given (a caller's pipe or socket would never see EOF).
         closeOnExecAll(except: [0, 1, 2])
 
-        // With a mount point: a supervisor (Supervisor.swift) that starts the server and
-        // starts it again on the same connection if it dies.
-        var spawn = Spawn(
-            executable: "/proc/self/exe",
-            arguments: mountpoint.map { Supervisor.arguments(mountpoint: $0, readyFd: childFd, mount: arguments) }
-                ?? ["credfs", "mount"] + arguments + ["--foreground", "--ready-fd", String(childFd)])
+        // The arguments (secrets among them) go in a sealed memfd, never in argv.
+        let argumentsFile = ArgumentsFile.make(
+            arguments: arguments, workingDirectory: FileManager.default.currentDirectoryPath)
+        guard argumentsFile >= 0 else {
+            close(pipe.read)
+            close(pipe.write)
+            throw Failure(message: "cannot pass the arguments on: \(MountPoint.describe(errno))")
+        }
+        // Both out of the way of fds 3 and 4 first, so that neither dup2 can clobber the other.
+        let readyEnd = fcntl(pipe.write, F_DUPFD_CLOEXEC, 100)
+        let argumentsEnd = fcntl(argumentsFile, F_DUPFD_CLOEXEC, 100)
+        close(pipe.write)
+        close(argumentsFile)
+        defer { close(argumentsEnd) }
+        guard readyEnd >= 0, argumentsEnd >= 0 else {
+            close(pipe.read)
+            close(readyEnd)
+            throw Failure(message: "cannot pass descriptors on: \(MountPoint.describe(errno))")
+        }
+
+        // A supervisor (Supervisor.swift) that starts the server and starts it again on the
+        // same connection if it dies.
+        var spawn = Spawn(executable: "/proc/self/exe", arguments: Supervisor.arguments(mountpoint: mountpoint))
         spawn.stdin = .null
         spawn.stdout = .null
         spawn.stderr = .null
-        spawn.descriptors = [(childFd, pipe.write)]
+        spawn.descriptors = [
+            (Supervisor.readyDescriptor, readyEnd), (Supervisor.argumentsDescriptor, argumentsEnd),
+        ]
         spawn.newSession = true
         let started = spawn.start()
-        close(pipe.write)
+        close(readyEnd)
         let pid: pid_t
         switch started {
         case .success(let child): pid = child

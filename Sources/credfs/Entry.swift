@@ -10,7 +10,19 @@ enum Entry {
         signal(SIGPIPE, SIG_IGN)
         ResidentPages.limitHeapArenas(to: 2)
         var arguments = Array(CommandLine.arguments.dropFirst())
-        if FstabArguments.applies(to: CommandLine.arguments) {
+        // Every user reads argv (/proc/PID/cmdline): the values that may hold a secret are
+        // overwritten in place now that they are copied (docs/security.md).
+        SecretArguments.scrub()
+        // A server the supervisor started: its arguments come from a memfd, not argv.
+        switch ServerLaunch.take() {
+        case .success(let launch):
+            ServerLaunch.current = launch
+            if let launch { arguments = launch.arguments }
+        case .failure(let failure):
+            Output.error("credfs: \(failure.message)")
+            exit(1)
+        }
+        if ServerLaunch.current == nil, FstabArguments.applies(to: CommandLine.arguments) {
             switch FstabArguments.translate(CommandLine.arguments) {
             case .success(let translated): arguments = translated
             case .failure(let failure):
@@ -56,6 +68,54 @@ enum Entry {
             }
             exit(code.rawValue)
         }
+    }
+}
+
+/// Overwrites, in this process's own argument area, the values of the flags that can hold a
+/// secret (``ProviderOptions/secretFlags``): `--uri VALUE`, `--uri=VALUE`, and `uri=VALUE` in an
+/// fstab `-o` list. What /proc/PID/cmdline shows from then on is `*` in their place. (In
+/// the moment before, it showed them: the flags' file and environment forms avoid that.)
+enum SecretArguments {
+    static func scrub() { scrub(CommandLine.unsafeArgv, count: Int(CommandLine.argc)) }
+
+    /// Scrubs `argv[1..<count]` in place.
+    static func scrub(_ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>, count: Int) {
+        let flags = ProviderOptions.secretFlags
+        var secretNext = false
+        var optionsNext = false
+        for index in 1..<max(1, count) {
+            guard let argument = argv[index] else { continue }
+            let text = String(cString: argument)
+            let length = Int(strlen(argument))
+            defer {
+                secretNext = flags.contains { text == "--" + $0 }
+                optionsNext = text == "-o"
+            }
+            if secretNext {
+                blank(argument, from: 0, to: length)
+            } else if let flag = flags.first(where: { text.hasPrefix("--" + $0 + "=") }) {
+                blank(argument, from: flag.utf8.count + 3, to: length)
+            } else if optionsNext || text.hasPrefix("-o") {
+                // An fstab list: `key=value` items separated by commas, `_` or `-` in keys.
+                var start = text.hasPrefix("-o") && !optionsNext ? 2 : 0
+                let bytes = Array(text.utf8)
+                for item in bytes[start...].split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false) {
+                    let key = String(
+                        decoding: item.prefix { $0 != UInt8(ascii: "=") }.map {
+                            $0 == UInt8(ascii: "_") ? UInt8(ascii: "-") : $0
+                        }, as: UTF8.self)
+                    if flags.contains(key), item.count > key.utf8.count {
+                        blank(argument, from: start + key.utf8.count + 1, to: start + item.count)
+                    }
+                    start += item.count + 1
+                }
+            }
+        }
+    }
+
+    private static func blank(_ argument: UnsafeMutablePointer<CChar>, from start: Int, to end: Int) {
+        guard start < end else { return }
+        for i in start..<end { argument[i] = CChar(UInt8(ascii: "*")) }
     }
 }
 

@@ -1,40 +1,166 @@
-import CFuse3
+import CPosixIPC
 import FoundationEssentials
 import Glibc
 
-/// Descriptors a service manager keeps while server processes come and go: systemd's file
-/// descriptor store, or the supervisor's, which speaks the same protocol (sd_notify
-/// `FDSTORE=1` / `FDNAME=` / `FDSTOREREMOVE=1` to `$NOTIFY_SOCKET`; the next start gets them
-/// from fd 3 on with `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID`).
+/// The fd store protocol, spelled once (docs/hitless.md, "The fd store protocol"): what a
+/// server tells its service manager (systemd, the supervisor, the tests' fake manager), the
+/// names it stores descriptors under, and how the next server is handed them.
+enum StoreProtocol {
+    /// The FUSE connection (`/dev/fuse`).
+    static let fuse = "fuse"
+    /// The recording of the kernel's INIT request (a sealed memfd).
+    static let fuseInit = "fuse-init"
+    /// The carried state, `state.N` (a sealed memfd; the highest N is the newest).
+    static let statePrefix = "state."
+
+    static func state(_ sequence: Int) -> String { statePrefix + String(sequence) }
+
+    /// N of `state.N`, nil for any other name.
+    static func stateSequence(_ name: String) -> Int? {
+        name.hasPrefix(statePrefix) ? Int(name.dropFirst(statePrefix.count)) : nil
+    }
+
+    /// What a server says: one datagram (systemd) or packet (the supervisor) each, as
+    /// sd_notify `KEY=VALUE` lines.
+    enum Message: Equatable {
+        /// Keep the descriptors sent with this message under the name.
+        case store(String)
+        /// Drop every descriptor kept under the name.
+        case remove(String)
+        /// A successor serves the connection it was handed.
+        case serving
+        /// The server ends for good (an unmount, SIGTERM): start no other.
+        case stopping
+        /// systemd's readiness and status lines (the supervisor ignores them).
+        case ready(status: String)
+        case status(String)
+
+        var text: String {
+            switch self {
+            case .store(let name): "FDSTORE=1\nFDNAME=\(name)"
+            case .remove(let name): "FDSTOREREMOVE=1\nFDNAME=\(name)"
+            case .serving: "SERVING=1"
+            case .stopping: "STOPPING=1"
+            case .ready(let status): "READY=1\nSTATUS=\(status)"
+            case .status(let status): "STATUS=\(status)"
+            }
+        }
+
+        /// The messages one datagram holds, removals first; lines credfs does not use are
+        /// ignored. A store without `FDNAME=` is named `stored`, as systemd names it.
+        static func parse(_ text: String) -> [Message] {
+            var fields: [Substring: Substring] = [:]
+            for line in text.split(separator: "\n") {
+                guard let eq = line.firstIndex(of: "=") else { continue }
+                fields[line[..<eq]] = line[line.index(after: eq)...]
+            }
+            let name = fields["FDNAME"].map(String.init)
+            var messages: [Message] = []
+            if fields["FDSTOREREMOVE"] == "1", let name { messages.append(.remove(name)) }
+            if fields["FDSTORE"] == "1" { messages.append(.store(name ?? "stored")) }
+            if fields["SERVING"] == "1" { messages.append(.serving) }
+            if fields["STOPPING"] == "1" { messages.append(.stopping) }
+            if fields["READY"] == "1" {
+                messages.append(.ready(status: fields["STATUS"].map(String.init) ?? ""))
+            } else if let status = fields["STATUS"] {
+                messages.append(.status(String(status)))
+            }
+            return messages
+        }
+    }
+
+    /// systemd's side: `$NOTIFY_SOCKET`, `$FDSTORE` (the store's size), and the next start's
+    /// descriptors from fd 3 named by `LISTEN_FDS`, `LISTEN_FDNAMES`, `LISTEN_PID`.
+    enum Systemd {
+        static let notifySocket = "NOTIFY_SOCKET"
+        static let storeSize = "FDSTORE"
+        static let listenPID = "LISTEN_PID"
+        static let listenFDs = "LISTEN_FDS"
+        static let listenNames = "LISTEN_FDNAMES"
+        static let firstFD: Int32 = 3
+    }
+
+    /// A server the supervisor starts (docs/security.md, "The control plane"): descriptors at
+    /// fixed numbers and two variables; no name another process could find or send to.
+    enum Supervised {
+        /// `first` (the server that mounts) or `successor`.
+        static let variable = "CREDFS_SUPERVISED"
+        /// The names of the stored descriptors, `:`-separated, from ``firstStored`` on.
+        static let namesVariable = "CREDFS_FDNAMES"
+        /// The server's end of its private channel to the supervisor (a socketpair).
+        static let channel: Int32 = 3
+        /// The mount's arguments (``ArgumentsFile``): never in argv.
+        static let arguments: Int32 = 4
+        /// The binary the supervisor runs (what `/proc/self/fd/5` named at exec).
+        static let executable: Int32 = 5
+        /// The first server's readiness pipe to `credfs mount`.
+        static let ready: Int32 = 6
+        static let firstStored: Int32 = 7
+        /// At most this many stored descriptors (systemd's `FileDescriptorStoreMax=` of the unit).
+        static let storeLimit = 64
+    }
+}
+
+/// The server's side of the store: where its messages go (the supervisor's private channel,
+/// systemd's `$NOTIFY_SOCKET`, or nowhere), and the descriptors it was started with. Every
+/// send returns at once: a manager that does not read (stalled, or its queue full) costs a
+/// failed send, never a wait on the refresh path.
 enum FDStore {
+    enum Manager: Sendable {
+        case supervisor(channel: Int32)
+        case systemd(socket: String)
+        case none
+    }
+
+    /// Decided once (``ServerLaunch`` is taken first thing in `main`).
+    static let manager: Manager = {
+        if let launch = ServerLaunch.current { return .supervisor(channel: launch.channel) }
+        guard let socket = getenv(StoreProtocol.Systemd.notifySocket).map({ String(cString: $0) }), !socket.isEmpty
+        else { return .none }
+        return .systemd(socket: socket)
+    }()
+
     /// Whether this process should store descriptors: under the supervisor, or under a
     /// systemd unit with a store (`$FDSTORE`, which systemd 254+ sets from
     /// `FileDescriptorStoreMax=` and scripts/credfs.service sets for older ones).
     static var isAvailable: Bool {
-        guard let socket = getenv("NOTIFY_SOCKET"), socket.pointee != 0 else { return false }
-        guard let max = getenv("FDSTORE").map({ String(cString: $0) }), let count = Int(max) else { return false }
-        return count > 0
+        switch manager {
+        case .supervisor: return true
+        case .none: return false
+        case .systemd:
+            guard let max = getenv(StoreProtocol.Systemd.storeSize).map({ String(cString: $0) }), let count = Int(max)
+            else { return false }
+            return count > 0
+        }
     }
 
     /// The descriptors this process was started with, by name (in order). The variables
     /// are removed, and the descriptors made close-on-exec, so no child inherits them.
     static func inherited() -> [(name: String, fd: Int32)] {
+        if let launch = ServerLaunch.current { return launch.stored }
+        let names = StoreProtocol.Systemd.self
         defer {
-            unsetenv("LISTEN_PID")
-            unsetenv("LISTEN_FDS")
-            unsetenv("LISTEN_FDNAMES")
+            unsetenv(names.listenPID)
+            unsetenv(names.listenFDs)
+            unsetenv(names.listenNames)
         }
-        guard let pidText = getenv("LISTEN_PID").map({ String(cString: $0) }), Int32(pidText) == getpid(),
-            let countText = getenv("LISTEN_FDS").map({ String(cString: $0) }), let count = Int(countText),
-            count > 0, count <= 64
+        guard let pidText = getenv(names.listenPID).map({ String(cString: $0) }), Int32(pidText) == getpid(),
+            let countText = getenv(names.listenFDs).map({ String(cString: $0) }), let count = Int(countText),
+            count > 0, count <= StoreProtocol.Supervised.storeLimit
         else { return [] }
-        let names =
-            getenv("LISTEN_FDNAMES").map { String(cString: $0) }?.split(
+        let given =
+            getenv(names.listenNames).map { String(cString: $0) }?.split(
                 separator: ":", omittingEmptySubsequences: false
             ).map(String.init) ?? []
+        return adopt(from: names.firstFD, count: count, names: given)
+    }
+
+    /// `count` descriptors from `first` on, made close-on-exec, named by `names` (`unknown`
+    /// past its end); numbers that are not open are skipped.
+    static func adopt(from first: Int32, count: Int, names: [String]) -> [(name: String, fd: Int32)] {
         var result: [(name: String, fd: Int32)] = []
         for i in 0..<count {
-            let fd = Int32(3 + i)
+            let fd = first + Int32(i)
             guard fcntl(fd, F_GETFD) >= 0 else { continue }
             _ = credfs_set_cloexec(fd, 1)
             result.append((i < names.count ? names[i] : "unknown", fd))
@@ -42,27 +168,107 @@ enum FDStore {
         return result
     }
 
-    /// Hands `fd` to the store under `name` (the store keeps its own copy).
+    /// Hands `fd` to the store under `name` (the store keeps its own copy). False when the
+    /// manager did not take it now (gone, or its queue full: try again later).
     @discardableResult
     static func store(_ fd: Int32, name: String) -> Bool {
-        send("FDSTORE=1\nFDNAME=\(name)", fds: [fd])
+        send(.store(name), fds: [fd])
     }
 
     /// Drops every stored descriptor named `name`.
     @discardableResult
     static func remove(name: String) -> Bool {
-        send("FDSTOREREMOVE=1\nFDNAME=\(name)", fds: [])
+        send(.remove(name))
     }
 
+    /// One message, never waiting; false when it was not sent (errno says why).
     @discardableResult
-    static func send(_ message: String, fds: [Int32]) -> Bool {
-        guard let socket = getenv("NOTIFY_SOCKET").map({ String(cString: $0) }), !socket.isEmpty else { return false }
-        let bytes = Array(message.utf8)
+    static func send(_ message: StoreProtocol.Message, fds: [Int32] = [], to manager: Manager = manager) -> Bool {
+        let bytes = Array(message.text.utf8)
         return bytes.withUnsafeBytes { raw in
             fds.withUnsafeBufferPointer { fdBuffer in
-                credfs_send_fds(socket, raw.baseAddress, raw.count, fdBuffer.baseAddress, Int32(fdBuffer.count)) == 0
+                let count = Int32(fdBuffer.count)
+                switch manager {
+                case .none: return false
+                case .supervisor(let channel):
+                    return credfs_send_message(channel, nil, 0, raw.baseAddress, raw.count, fdBuffer.baseAddress, count)
+                        == 0
+                case .systemd(let socket):
+                    return credfs_send_fds(socket, raw.baseAddress, raw.count, fdBuffer.baseAddress, count) == 0
+                }
             }
         }
+    }
+}
+
+/// How the supervisor started this server (nil when it did not): its private channel, the
+/// mount's arguments (read from a memfd, never from argv), the readiness pipe of the first
+/// server and the stored descriptors. Taken first thing in `main`, before any thread runs.
+struct ServerLaunch: @unchecked Sendable {
+    let channel: Int32
+    let stored: [(name: String, fd: Int32)]
+    /// The argument list to parse (`mount … --foreground`).
+    let arguments: [String]
+
+    nonisolated(unsafe) static var current: ServerLaunch?
+
+    /// Reads the launch from the variables and descriptors the supervisor set; removes the
+    /// variables and makes the descriptors close-on-exec. The working directory becomes the
+    /// one `credfs mount` ran in, so relative paths in the arguments mean what they meant
+    /// there (the server leaves it again once it has resolved them).
+    static func take() -> Result<ServerLaunch?, Failure> {
+        let layout = StoreProtocol.Supervised.self
+        guard let role = getenv(layout.variable).map({ String(cString: $0) }) else { return .success(nil) }
+        let names =
+            getenv(layout.namesVariable).map { String(cString: $0) }.map {
+                $0.isEmpty ? [] : $0.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+            } ?? []
+        unsetenv(layout.variable)
+        unsetenv(layout.namesVariable)
+        // The binary's descriptor was only for exec (a script's interpreter reads it there).
+        close(layout.executable)
+        guard fcntl(layout.channel, F_GETFD) >= 0, credfs_set_cloexec(layout.channel, 1) == 0 else {
+            return .failure(Failure(message: "started as a supervised server without the supervisor's channel"))
+        }
+        _ = credfs_set_cloexec(layout.arguments, 1)
+        guard let given = ArgumentsFile.read(layout.arguments) else {
+            return .failure(Failure(message: "started as a supervised server without readable mount arguments"))
+        }
+        close(layout.arguments)
+        var arguments = ["mount"] + given.arguments + ["--foreground"]
+        if role == "first", credfs_set_cloexec(layout.ready, 1) == 0 {
+            arguments += ["--ready-fd", String(layout.ready)]
+        }
+        if chdir(given.workingDirectory) != 0 { _ = chdir("/") }
+        let stored = FDStore.adopt(
+            from: layout.firstStored, count: min(names.count, layout.storeLimit), names: names)
+        return .success(ServerLaunch(channel: layout.channel, stored: stored, arguments: arguments))
+    }
+}
+
+/// The mount's arguments and the directory they are relative to, in a sealed memfd: how
+/// they reach the supervisor and every server it starts, never through argv (which every
+/// user reads in /proc/PID/cmdline). Holds secrets: never logged.
+enum ArgumentsFile {
+    static let magic = "credfs-arguments-1"
+
+    /// A sealed memfd holding them, or -1.
+    static func make(arguments: [String], workingDirectory: String) -> Int32 {
+        var bytes: [UInt8] = []
+        for part in [magic, workingDirectory] + arguments {
+            bytes += part.utf8.filter { $0 != 0 }
+            bytes.append(0)
+        }
+        return MemoryFile.make(name: "credfs-arguments", bytes: bytes)
+    }
+
+    static func read(_ fd: Int32) -> (workingDirectory: String, arguments: [String])? {
+        guard let bytes = MemoryFile.read(fd, limit: 1 << 20), bytes.last == 0 else { return nil }
+        let parts = bytes.dropLast().split(separator: 0, omittingEmptySubsequences: false).map {
+            String(decoding: $0, as: UTF8.self)
+        }
+        guard parts.count >= 2, parts[0] == magic else { return nil }
+        return (parts[1], Array(parts.dropFirst(2)))
     }
 }
 

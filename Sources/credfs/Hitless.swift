@@ -11,10 +11,10 @@ import Synchronization
 /// server when the fd store hands us its connection, keep the store's copy of our state
 /// current, and hand over on SIGUSR2.
 final class Hitless: Sendable {
-    /// Descriptor names in the store.
-    static let fuseName = "fuse"
-    static let initName = "fuse-init"
-    static let statePrefix = "state."
+    /// Descriptor names in the store (``StoreProtocol``).
+    static let fuseName = StoreProtocol.fuse
+    static let initName = StoreProtocol.fuseInit
+    static let statePrefix = StoreProtocol.statePrefix
     /// The listening sockets of `--serve-uri` and `--metrics` (ListenerService.swift).
     static let uriListenerName = "listen-uri"
     static let metricsListenerName = "listen-metrics"
@@ -57,6 +57,7 @@ final class Hitless: Sendable {
     let logger: Logger
     private let sender = Mutex<StateSender?>(nil)
     private let floor = Mutex<StateFloor?>(nil)
+    private let restored = Mutex(false)
     private let handover = Hook<@Sendable () async -> Void>()
 
     /// Reads what the fd store passed to this process (nothing for the first server).
@@ -90,7 +91,7 @@ final class Hitless: Sendable {
             if let fuseFd { close(fuseFd) }
             states.forEach { close($0.fd) }
             floors.forEach { close($0) }
-            var stale = states.map { Self.statePrefix + String($0.sequence) }
+            var stale = states.map { StoreProtocol.state($0.sequence) }
             if !floors.isEmpty { stale.append(StateFloor.name) }
             if fuseFd != nil { stale.append(Self.fuseName) }
             if initRequest != nil { stale.append(Self.initName) }
@@ -105,11 +106,11 @@ final class Hitless: Sendable {
             if let bytes = MemoryFile.read(fd, limit: CarriedState.readLimit) {
                 state = CarriedState.decode(bytes)
                 if state == nil, problem == nil {
-                    problem = .unreadable("state.\(sequence) (\(bytes.count) bytes) is not a state this binary reads")
+                    problem = .unreadable("\(StoreProtocol.state(sequence)) (\(bytes.count) bytes) is not a state this binary reads")
                 }
             } else if problem == nil {
                 problem = .unreadable(
-                    "state.\(sequence) is larger than \(CarriedState.readLimit >> 20) MiB or unreadable")
+                    "\(StoreProtocol.state(sequence)) is larger than \(CarriedState.readLimit >> 20) MiB or unreadable")
             }
         }
         states.forEach { close($0.fd) }
@@ -172,9 +173,12 @@ final class Hitless: Sendable {
     /// credentials and clock, its process-group pins (each with its generation and
     /// deadline), and its provider's cached state (a metadata token, a role name). Without
     /// a readable state, the floor still keeps generations (so inode numbers) and counts
-    /// from going back; `status` says which (`carriedState`), and so does the log.
+    /// from going back; `status` says which (`carriedState`), and so does the log. Runs
+    /// once, before anything is served: `Mount` calls it before opening the listeners (a
+    /// carried socket's queued clients get the carried credentials, never a 503), and
+    /// ``attach(_:refresher:views:mountedAt:)`` makes sure it ran.
     func restore(_ refresher: Refresher, views: CredentialViewSource) {
-        guard let inherited else { return }
+        guard let inherited, restored.withLock({ done in defer { done = true }; return !done }) else { return }
         let state = inherited.state
         let record = inherited.floorRecord
         ServingProcess.restarts = max(state?.restarts ?? 0, record?.restarts ?? 0) + 1
@@ -230,6 +234,7 @@ final class Hitless: Sendable {
     /// stores its connection once the kernel's INIT has arrived. Nothing here waits for the
     /// store: what goes there is queued for the state sender's thread.
     func attach(_ fs: FuseFileSystem, refresher: Refresher, views: CredentialViewSource, mountedAt: Date) throws {
+        restore(refresher, views: views)
         let storing = FDStore.isAvailable
         if storing {
             let floor = inherited?.floor ?? StateFloor.make(StateFloor.Record())
@@ -309,9 +314,9 @@ final class Hitless: Sendable {
     /// what is queued for it.
     func announceServing() {
         if let sender = sender.withLock({ $0 }) {
-            sender.enqueue(.send("SERVING=1"))
+            sender.enqueue(.send(.serving))
         } else {
-            FDStore.send("SERVING=1", fds: [])
+            FDStore.send(.serving)
         }
     }
 

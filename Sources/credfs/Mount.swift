@@ -174,7 +174,7 @@ struct Mount: AsyncParsableCommand {
         let clock = SystemRefreshClock()
         // Relative paths (the mount point, an OIDC token file) are resolved before this.
         let provider = source.makeProvider(clock: clock)
-        if readyFd != nil {
+        if readyFd != nil || ServerLaunch.current != nil {
             // A daemon keeps no caller's working directory busy.
             _ = chdir("/")
         }

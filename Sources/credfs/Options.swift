@@ -8,6 +8,11 @@ extension ProviderKind: ExpressibleByArgument {}
 
 /// Where credentials come from: shared by `mount` and `get`.
 struct ProviderOptions: ParsableArguments {
+    /// The flags whose values can hold a secret (a URI's query token, an ExternalId, a
+    /// session policy): scrubbed from argv at start (`SecretArguments`), and never put in the
+    /// argv of a process credfs starts.
+    static let secretFlags = ["uri", "external-id", "policy"]
+
     @Option(
         help: "Credential source: \(ProviderKind.allCases.map(\.rawValue).joined(separator: ", ")).")
     var provider: ProviderKind = .auto

@@ -225,7 +225,7 @@ final class StateFloor: Sendable {
 struct StoreChannel: Sendable {
     var store: @Sendable (_ fd: Int32, _ name: String) -> Bool
     var remove: @Sendable (_ name: String) -> Bool
-    var send: @Sendable (_ message: String) -> Bool
+    var send: @Sendable (_ message: StoreProtocol.Message) -> Bool
 
     static let fdStore = StoreChannel(
         store: { FDStore.store($0, name: $1) }, remove: { FDStore.remove(name: $0) },
@@ -244,7 +244,7 @@ final class StateSender: Sendable {
         /// Store `fd` under `name`; the sender owns the descriptor and closes it once sent.
         case store(fd: Int32, name: String)
         case remove(name: String)
-        case send(String)
+        case send(StoreProtocol.Message)
     }
 
     /// For tests and the log: what the sender did.
@@ -396,7 +396,7 @@ final class StateSender: Sendable {
                 switch message {
                 case .store(let fd, let name): sent = channel.store(fd, name)
                 case .remove(let name): sent = channel.remove(name)
-                case .send(let text): sent = channel.send(text)
+                case .send(let message): sent = channel.send(message)
                 }
                 guard sent else { return deferred() }
                 work.withLock { _ = $0.messages.removeFirst() }
@@ -417,7 +417,7 @@ final class StateSender: Sendable {
                 work.withLock { $0.nextPushAt = .now + cost * 4 }
             }
             while let oldest = work.withLock({ $0.stored.count > 1 ? $0.stored.first : nil }) {
-                guard channel.remove(Hitless.statePrefix + String(oldest)) else { return deferred() }
+                guard channel.remove(StoreProtocol.state(oldest)) else { return deferred() }
                 work.withLock { _ = $0.stored.removeFirst() }
             }
             let recovered = work.withLock { work -> Bool in
@@ -438,7 +438,7 @@ final class StateSender: Sendable {
         let fd = MemoryFile.make(name: "credfs-state", bytes: bytes)
         guard fd >= 0 else { return false }
         defer { close(fd) }
-        guard channel.store(fd, Hitless.statePrefix + String(sequence)) else { return false }
+        guard channel.store(fd, StoreProtocol.state(sequence)) else { return false }
         work.withLock { work in
             work.sequence = sequence
             work.stored.append(sequence)

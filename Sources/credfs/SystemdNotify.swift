@@ -1,18 +1,19 @@
-import CFuse3
 import FoundationEssentials
 import Glibc
 import Posix
 import Synchronization
 
-/// sd_notify(3) without libsystemd: datagrams to `$NOTIFY_SOCKET` (a path, or `@name` in
-/// the abstract namespace). A no-op when the variable is not set.
+/// sd_notify(3) without libsystemd: `READY=1`, `STATUS=` and `STOPPING=1` through the
+/// server's store transport (``FDStore/send(_:fds:to:)``). Readiness and status go to
+/// systemd only (the supervisor has no use for them); `STOPPING=1` to either manager.
 ///
 /// Never waits: its callers are the refresher and the start of serving. A message the
-/// socket does not take now (a stalled service manager, a full queue) is kept, merged with
-/// later ones (`READY=1` until it went, the latest `STATUS=`), and sent from a thread of
-/// its own when the socket takes it again.
+/// manager does not take now (stalled, or its queue full) is kept, merged with later ones
+/// (`READY=1` until it went, the latest `STATUS=`), and sent from a thread of its own when
+/// the manager takes it again.
 final class SystemdNotifier: Sendable {
-    private let socketPath: String?
+    private let manager: FDStore.Manager
+    private let toSystemd: Bool
 
     private struct Pending {
         var sentReady = false
@@ -23,24 +24,23 @@ final class SystemdNotifier: Sendable {
         var retrying = false
 
         var isEmpty: Bool { !ready && status == nil && !stopping }
-
-        var message: String {
-            var lines: [String] = []
-            if ready { lines.append("READY=1") }
-            if let status { lines.append("STATUS=\(status)") }
-            if stopping { lines.append("STOPPING=1") }
-            return lines.joined(separator: "\n")
-        }
     }
     private let pending = Mutex(Pending())
 
-    init(environment: [String: String] = ProcessInfo.processInfo.environment) {
-        let path = environment["NOTIFY_SOCKET"] ?? ""
-        socketPath = path.isEmpty ? nil : path
+    init(manager: FDStore.Manager = FDStore.manager) {
+        self.manager = manager
+        if case .systemd = manager { toSystemd = true } else { toSystemd = false }
+    }
+
+    /// systemd's `$NOTIFY_SOCKET` as `environment` names it (none: a no-op notifier).
+    convenience init(environment: [String: String]) {
+        let path = environment[StoreProtocol.Systemd.notifySocket] ?? ""
+        self.init(manager: path.isEmpty ? .none : .systemd(socket: path))
     }
 
     /// `READY=1` (once) with a status line.
     func ready(status: String) {
+        guard toSystemd else { return }
         update {
             if !$0.sentReady {
                 $0.ready = true
@@ -50,7 +50,10 @@ final class SystemdNotifier: Sendable {
         }
     }
 
-    func status(_ line: String) { update { $0.status = line } }
+    func status(_ line: String) {
+        guard toSystemd else { return }
+        update { $0.status = line }
+    }
 
     /// `STOPPING=1`; the process is about to end, so this one tries for up to `within`.
     func stopping(within: Duration = .milliseconds(500)) {
@@ -63,11 +66,11 @@ final class SystemdNotifier: Sendable {
         }
     }
 
-    /// Whether something is still waiting for the socket (for tests).
+    /// Whether something is still waiting for the manager (for tests).
     var isPending: Bool { pending.withLock { !$0.isEmpty } }
 
     private func update(_ change: (inout Pending) -> Void) {
-        guard socketPath != nil else { return }
+        if case .none = manager { return }
         pending.withLock { change(&$0) }
         guard !attempt() else { return }
         let start = pending.withLock { pending -> Bool in
@@ -98,45 +101,24 @@ final class SystemdNotifier: Sendable {
     @discardableResult
     private func attempt() -> Bool {
         pending.withLock { pending -> Bool in
-            guard !pending.isEmpty else { return true }
-            switch send(pending.message) {
-            case .sent, .failed:
+            if pending.ready || pending.status != nil {
+                let message: StoreProtocol.Message =
+                    pending.ready ? .ready(status: pending.status ?? "") : .status(pending.status ?? "")
+                guard send(message) else { return false }
                 pending.ready = false
                 pending.status = nil
-                pending.stopping = false
-                return true
-            case .later:
-                return false
             }
+            if pending.stopping {
+                guard send(.stopping) else { return false }
+                pending.stopping = false
+            }
+            return true
         }
     }
 
-    private enum Outcome { case sent, later, failed }
-
-    private func send(_ message: String) -> Outcome {
-        guard let socketPath else { return .failed }
-        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return .later }
-        defer { close(fd) }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        var path = Array(socketPath.utf8)
-        if path.first == UInt8(ascii: "@") { path[0] = 0 }
-        let capacity = MemoryLayout.size(ofValue: address.sun_path)
-        guard path.count < capacity else { return .failed }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            for (i, byte) in path.enumerated() { raw[i] = byte }
-        }
-        let length = socklen_t(MemoryLayout<sa_family_t>.size + path.count + (path.first == 0 ? 0 : 1))
-        let bytes = Array(message.utf8)
-        let sent = withUnsafePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
-                bytes.withUnsafeBytes {
-                    sendto(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL), sa, length)
-                }
-            }
-        }
-        if sent >= 0 { return .sent }
-        return [EAGAIN, EWOULDBLOCK, ENOBUFS, EINTR, ENOMEM].contains(errno) ? .later : .failed
+    /// True when sent, or refused for good (nothing a retry mends); false: try again later.
+    private func send(_ message: StoreProtocol.Message) -> Bool {
+        if FDStore.send(message, to: manager) { return true }
+        return ![EAGAIN, EWOULDBLOCK, ENOBUFS, EINTR, ENOMEM].contains(errno)
     }
 }

@@ -1,7 +1,10 @@
 import CFuse3
+import CPosixIPC
 import Foundation
 import Synchronization
 import Testing
+
+@testable import credfs
 
 /// Takeover of a live mount (docs/hitless.md): kill -9, upgrade, the fd store protocol.
 /// Timings are reported on stderr, never asserted.
@@ -286,7 +289,8 @@ final class FakeServiceManager {
         store.forEach { close($0.fd) }
     }
 
-    /// Takes every datagram waiting.
+    /// Takes every datagram waiting (the protocol read as the supervisor reads it:
+    /// ``StoreProtocol/Message/parse(_:)``).
     func pump() {
         var buffer = [UInt8](repeating: 0, count: 4096)
         var fds = [Int32](repeating: -1, count: 16)
@@ -300,18 +304,19 @@ final class FakeServiceManager {
             if n < 0 { return }
             let text = String(decoding: buffer.prefix(n), as: UTF8.self)
             messages.append(text)
-            let lines = Set(text.split(separator: "\n").map(String.init))
-            let fdName = lines.first { $0.hasPrefix("FDNAME=") }.map { String($0.dropFirst(7)) } ?? "stored"
             var received = Array(fds.prefix(Int(count)))
-            if lines.contains("FDSTOREREMOVE=1") {
-                store.removeAll { entry in
-                    if entry.name == fdName { close(entry.fd) }
-                    return entry.name == fdName
+            for message in StoreProtocol.Message.parse(text) {
+                switch message {
+                case .remove(let name):
+                    store.removeAll { entry in
+                        if entry.name == name { close(entry.fd) }
+                        return entry.name == name
+                    }
+                case .store(let name):
+                    received.forEach { store.append((name, $0)) }
+                    received = []
+                default: continue
                 }
-            }
-            if lines.contains("FDSTORE=1") {
-                received.forEach { store.append((fdName, $0)) }
-                received = []
             }
             received.forEach { close($0) }
         }
@@ -330,13 +335,16 @@ final class FakeServiceManager {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 2, log, O_WRONLY | O_APPEND | O_CREAT, 0o600)
-        for (i, fd) in high.enumerated() { posix_spawn_file_actions_adddup2(&actions, fd, Int32(3 + i)) }
+        for (i, fd) in high.enumerated() {
+            posix_spawn_file_actions_adddup2(&actions, fd, StoreProtocol.Systemd.firstFD + Int32(i))
+        }
+        let systemd = StoreProtocol.Systemd.self
         var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("LISTEN_") }
-        environment["NOTIFY_SOCKET"] = name
-        environment["FDSTORE"] = "16"
+        environment[systemd.notifySocket] = name
+        environment[systemd.storeSize] = "16"
         if !store.isEmpty {
-            environment["LISTEN_FDS"] = String(store.count)
-            environment["LISTEN_FDNAMES"] = store.map(\.name).joined(separator: ":")
+            environment[systemd.listenFDs] = String(store.count)
+            environment[systemd.listenNames] = store.map(\.name).joined(separator: ":")
         }
         let argv =
             [
@@ -379,8 +387,8 @@ extension HitlessTests {
         pids.append(first)
         try waitUntil("the connection and a state in the store") {
             manager.pump()
-            return manager.has("fuse") && manager.has("fuse-init")
-                && manager.store.contains { $0.name.hasPrefix("state.") }
+            return manager.has(StoreProtocol.fuse) && manager.has(StoreProtocol.fuseInit)
+                && manager.store.contains { StoreProtocol.stateSequence($0.name) != nil }
                 && readFile(mountpoint + "/credentials").bytes != nil
         }
         var st = stat()

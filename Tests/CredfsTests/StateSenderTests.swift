@@ -39,9 +39,9 @@ import Testing
                     self.entries.withLock { $0.append("remove \(name)") }
                     return true
                 },
-                send: { text in
+                send: { message in
                     guard self.takesStores.load(ordering: .relaxed) else { return false }
-                    self.entries.withLock { $0.append("send \(text)") }
+                    self.entries.withLock { $0.append("send \(message.text)") }
                     return true
                 })
         }
@@ -100,7 +100,7 @@ import Testing
         let b = credfs_memfd("b")
         sender.enqueue(.store(fd: a, name: "fuse-init"))
         sender.enqueue(.store(fd: b, name: "fuse"))
-        sender.enqueue(.send("SERVING=1"))
+        sender.enqueue(.send(.serving))
         sender.changed()
         #expect(sender.start())
         try waitUntil("the state and the removals") { store.entries.withLock { $0.count } == 6 }

@@ -1,4 +1,4 @@
-import CFuse3
+import CPosixIPC
 import Foundation
 import Testing
 
