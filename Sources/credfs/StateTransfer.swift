@@ -1,4 +1,5 @@
 import CFuse3
+import CPosixIPC
 import CredentialCore
 import FoundationEssentials
 import FuseBridge

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CPosixIPC
+import CredentialCore
 import FoundationEssentials
 import Glibc
 
@@ -150,7 +151,7 @@ enum ControlSocket {
     /// The real uid of `pid` (`/proc/PID/status`; the owner of `/proc/PID` is root for a
     /// process that is not dumpable, as the supervisor is not).
     static func realUID(_ pid: pid_t) -> uid_t? {
-        guard let text = MountPoint.readWhole("/proc/\(pid)/status"),
+        guard let text = SmallFile.text("/proc/\(pid)/status"),
             let line = text.split(separator: "\n").first(where: { $0.hasPrefix("Uid:") })
         else { return nil }
         return line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first.flatMap { uid_t($0) }
@@ -159,7 +160,7 @@ enum ControlSocket {
     /// The `pid` in the mount's `status`.
     static func servingPID(_ mountpoint: String) -> pid_t? {
         struct Serving: Decodable { var pid: Int32 }
-        guard let text = MountPoint.readWhole(mountpoint + "/status"),
+        guard let text = SmallFile.text(mountpoint + "/status"),
             let status = try? JSONDecoder().decode(Serving.self, from: Data(text.utf8)), status.pid > 0
         else { return nil }
         return status.pid

@@ -1,3 +1,4 @@
+import CPosixIPC
 import CFuse3
 import CredentialCore
 import Foundation
