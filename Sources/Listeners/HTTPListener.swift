@@ -12,8 +12,12 @@ import Synchronization
 /// (docs/security.md, "Listeners"):
 /// - the request head must be complete within ``Limits/headTimeout`` of the connection
 ///   opening, however its bytes trickle in, and may be at most ``Limits/maxHeadBytes``;
-/// - at ``Limits/maxConnections`` a new connection pushes out the oldest one still waiting
-///   for its head (a connection being answered is never pushed out);
+/// - at ``Limits/maxConnections`` a new connection pushes out the oldest idle one: waiting
+///   for its head and silent for ``Limits/idleAfter`` (a connection being answered is never
+///   pushed out). A connection just accepted is not idle yet: its head may be in its socket
+///   unread (a flood of reconnections must not push out a proper request before it is
+///   read), so while no connection is idle newcomers are admitted past the cap, up to
+///   ``Limits/maxOpen``, where a newcomer is refused;
 /// - every answer says `Connection: close` and the connection ends after it, so no
 ///   connection waits between requests; one that does not read its answer ends after
 ///   ``Limits/answerTimeout``.
@@ -24,6 +28,10 @@ public final class HTTPListener: Sendable {
         public var headTimeout: Duration = .seconds(3)
         public var answerTimeout: Duration = .seconds(10)
         public var maxHeadBytes = 16 * 1024
+        /// Silent this long while waiting for its head: a connection may give way at the cap.
+        public var idleAfter: Duration = .milliseconds(100)
+        /// Open connections past the cap while none is idle (a burst): the hard bound.
+        public var maxOpen = 1024
         public init(maxConnections: Int) { self.maxConnections = maxConnections }
     }
 
@@ -66,7 +74,7 @@ public final class HTTPListener: Sendable {
         let connections = Connections()
         let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .childChannelInitializer { channel in
-                guard connections.admit(channel, max: limits.maxConnections) else { return channel.close() }
+                guard connections.admit(channel, limits: limits) else { return channel.close() }
                 // The head's deadline counts from the connection, not from its last byte.
                 let deadline = channel.eventLoop.scheduleTask(in: TimeAmount(limits.headTimeout)) {
                     channel.close(promise: nil)
@@ -76,7 +84,8 @@ public final class HTTPListener: Sendable {
                     connections.remove(channel)
                 }
                 return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(HeadSizeLimit(max: limits.maxHeadBytes))
+                    try channel.pipeline.syncOperations.addHandler(
+                        HeadSizeLimit(max: limits.maxHeadBytes, connections: connections))
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
                     try channel.pipeline.syncOperations.addHandler(
                         Responder(respond: respond, connections: connections, headDeadline: deadline, limits: limits))
@@ -104,29 +113,38 @@ public final class HTTPListener: Sendable {
         struct Entry {
             let channel: any Channel
             let since: NIODeadline
+            var heard: NIODeadline
             var answering = false
         }
         private let entries = Mutex<[ObjectIdentifier: Entry]>([:])
 
-        /// Admits `channel`. At `max`, the oldest connection still waiting for its head is
-        /// closed to make room; when every connection is being answered, `channel` is not
-        /// admitted.
-        func admit(_ channel: any Channel, max: Int) -> Bool {
+        /// Admits `channel`. At the cap the oldest idle connection is closed to make room; with
+        /// none idle, `channel` is admitted past the cap up to ``Limits/maxOpen``, and refused
+        /// there.
+        func admit(_ channel: any Channel, limits: Limits) -> Bool {
+            let now = NIODeadline.now()
+            let quiet = TimeAmount(limits.idleAfter)
             let (admitted, evicted) = entries.withLock { entries -> (Bool, (any Channel)?) in
                 var evicted: (any Channel)?
-                if entries.count >= max {
-                    guard
-                        let oldest = entries.filter({ !$0.value.answering }).min(by: { $0.value.since < $1.value.since }
-                        )
-                    else { return (false, nil) }
-                    entries[oldest.key] = nil
-                    evicted = oldest.value.channel
+                if entries.count >= limits.maxConnections {
+                    let idle = entries.filter { !$0.value.answering && now - $0.value.heard >= quiet }
+                    if let oldest = idle.min(by: { $0.value.since < $1.value.since }) {
+                        entries[oldest.key] = nil
+                        evicted = oldest.value.channel
+                    } else if entries.count >= limits.maxOpen {
+                        return (false, nil)
+                    }
                 }
-                entries[ObjectIdentifier(channel)] = Entry(channel: channel, since: .now())
+                entries[ObjectIdentifier(channel)] = Entry(channel: channel, since: now, heard: now)
                 return (true, evicted)
             }
             evicted?.close(promise: nil)
             return admitted
+        }
+
+        /// `channel` sent bytes: not idle now.
+        func heard(_ channel: any Channel) {
+            entries.withLock { $0[ObjectIdentifier(channel)]?.heard = .now() }
         }
 
         func answering(_ channel: any Channel) {
@@ -145,11 +163,16 @@ public final class HTTPListener: Sendable {
         typealias InboundIn = ByteBuffer
         typealias InboundOut = ByteBuffer
         let max: Int
+        let connections: Connections
         var received = 0
-        init(max: Int) { self.max = max }
+        init(max: Int, connections: Connections) {
+            self.max = max
+            self.connections = connections
+        }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             received += unwrapInboundIn(data).readableBytes
+            connections.heard(context.channel)
             guard received <= max else {
                 context.close(promise: nil)
                 return

@@ -106,7 +106,8 @@ final class Hitless: Sendable {
             if let bytes = MemoryFile.read(fd, limit: CarriedState.readLimit) {
                 state = CarriedState.decode(bytes)
                 if state == nil, problem == nil {
-                    problem = .unreadable("\(StoreProtocol.state(sequence)) (\(bytes.count) bytes) is not a state this binary reads")
+                    problem = .unreadable(
+                        "\(StoreProtocol.state(sequence)) (\(bytes.count) bytes) is not a state this binary reads")
                 }
             } else if problem == nil {
                 problem = .unreadable(
@@ -178,7 +179,12 @@ final class Hitless: Sendable {
     /// carried socket's queued clients get the carried credentials, never a 503), and
     /// ``attach(_:refresher:views:mountedAt:)`` makes sure it ran.
     func restore(_ refresher: Refresher, views: CredentialViewSource) {
-        guard let inherited, restored.withLock({ done in defer { done = true }; return !done }) else { return }
+        guard let inherited,
+            restored.withLock({ done in
+                defer { done = true }
+                return !done
+            })
+        else { return }
         let state = inherited.state
         let record = inherited.floorRecord
         ServingProcess.restarts = max(state?.restarts ?? 0, record?.restarts ?? 0) + 1

@@ -9,7 +9,8 @@ struct LoopbackAddress {
     /// Parses `HOST:PORT` (an IPv6 host in brackets); what is refused says why.
     static func parse(_ argument: String) throws -> LoopbackAddress {
         guard let parts = ListenAddress.split(argument) else {
-            throw ValidationError("expected HOST:PORT with a port from 0 to 65535, such as 127.0.0.1:8900 or [::1]:8900")
+            throw ValidationError(
+                "expected HOST:PORT with a port from 0 to 65535, such as 127.0.0.1:8900 or [::1]:8900")
         }
         guard isLoopback(parts.host) else {
             throw ValidationError(

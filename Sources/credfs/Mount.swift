@@ -99,8 +99,22 @@ struct Mount: AsyncParsableCommand {
         }
     }
 
+    /// The listeners may hold up to `HTTPListener.Limits.maxOpen` connections each during a
+    /// burst (docs/security.md, "Listeners"): the soft descriptor limit goes up to the hard
+    /// one (at most 16,384), as a server's does.
+    static func raiseDescriptorLimit() {
+        var limit = rlimit()
+        let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+        guard getrlimit(resource, &limit) == 0 else { return }
+        let wanted = min(limit.rlim_max, 16_384)
+        guard limit.rlim_cur < wanted else { return }
+        limit.rlim_cur = wanted
+        _ = setrlimit(resource, &limit)
+    }
+
     func runForeground() async throws {
         _ = credfs_set_not_dumpable()
+        Self.raiseDescriptorLimit()
         let level = logLevel
         // In the background stderr is /dev/null: the log goes to the system log.
         let background = readyFd != nil

@@ -126,8 +126,9 @@ struct ProviderOptions: ParsableArguments {
 
     /// Started with a live connection to take over (the supervisor's or systemd's fd store).
     static var takingOver: Bool {
-        let names = getenv("LISTEN_FDNAMES").map { String(cString: $0) } ?? ""
-        return names.split(separator: ":").contains { $0 == Hitless.fuseName }
+        if let launch = ServerLaunch.current { return launch.stored.contains { $0.name == StoreProtocol.fuse } }
+        let names = getenv(StoreProtocol.Systemd.listenNames).map { String(cString: $0) } ?? ""
+        return names.split(separator: ":").contains { $0 == StoreProtocol.fuse }
     }
 
     /// The provider, resolved again now (validate() ran at parsing; relative paths are

@@ -1,5 +1,5 @@
-import CPosixIPC
 import CFuse3
+import CPosixIPC
 import Foundation
 import Synchronization
 import Testing
