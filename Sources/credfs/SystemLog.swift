@@ -42,7 +42,8 @@ struct SystemLogHandler: LogHandler {
     static func send(_ bytes: [UInt8]) {
         socket.withLock { fd in
             if fd < 0 {
-                fd = Glibc.socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+                // SOCK_CLOEXEC is O_CLOEXEC on Linux (the constant does not import in every module order).
+                fd = Glibc.socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | O_CLOEXEC, 0)
                 guard fd >= 0 else { return }
                 var address = sockaddr_un()
                 address.sun_family = sa_family_t(AF_UNIX)
