@@ -58,8 +58,9 @@ import Testing
     }
 
     /// Carried nodes are matched by name (an upgrade may reorder or drop files); a node
-    /// whose number this binary would give other bytes is dropped, never served.
-    @Test func carriedNodesMatchByNameAndNeverChangeMeaning() throws {
+    /// whose number this binary gives another file, or of a file it no longer has, is
+    /// dropped: ESTALE, never another file's bytes.
+    @Test func carriedNodesMatchByName() throws {
         let kept = Source(Source.text("kept", version: 3))
         let moved = Source(Source.text("moved", version: 3))
         let dropped = Source(Source.text("dropped", version: 3))
