@@ -64,11 +64,11 @@ public struct Published: Sendable {
 /// The driver calls ``begin(at:)`` when ``nextRefresh`` is due (or on demand), then exactly
 /// one of ``succeeded(_:at:jitter:)`` or ``failed(_:at:jitter:)``.
 ///
-/// Its state is three enums, so combinations that cannot happen cannot be written: what is
-/// held (``holding``: nothing, or a set with its schedule), the upstream request
-/// (``request``: one scheduled, or one in flight since an instant) and the health of the
-/// last answers (``health``: healthy, or failing with a count and an error). The other
-/// fields are counts and facts that only accumulate.
+/// Its state is three values, so combinations that cannot happen cannot be written: what is
+/// held (``held``: nothing, or a set with its schedule), the upstream request (``request``:
+/// one scheduled, or one in flight since an instant) and the health of the last answers
+/// (``health``: healthy, or failing with a count and an error). The other fields are counts
+/// and facts that only accumulate.
 public struct RefreshMachine: Sendable {
     /// The set held and when to replace it.
     public struct Held: Sendable {
@@ -80,13 +80,7 @@ public struct RefreshMachine: Sendable {
         public let steadyPrefetchAt: Date?
         /// The set was not fetched on the steady schedule (the first after start, a carried
         /// one, one that repeated a spread set): the next new set's prefetch is spread.
-        let offSchedule: Bool
-    }
-
-    public enum Holding: Sendable {
-        /// No credentials yet (spread: the first set is off schedule).
-        case nothing
-        case held(Held)
+        var offSchedule: Bool
     }
 
     public enum Request: Sendable, Equatable {
@@ -104,7 +98,8 @@ public struct RefreshMachine: Sendable {
     }
 
     public let policy: RefreshPolicy
-    public private(set) var holding: Holding = .nothing
+    /// The set held; nil: none yet (and the first set is off schedule).
+    public private(set) var held: Held?
     public private(set) var request: Request
     public private(set) var health: Health = .healthy
     /// When the last valid answer arrived.
@@ -128,15 +123,7 @@ public struct RefreshMachine: Sendable {
     }
 
     /// The set held, if any (even expired).
-    public var published: Published? {
-        guard case .held(let held) = holding else { return nil }
-        return held.published
-    }
-
-    var held: Held? {
-        guard case .held(let held) = holding else { return nil }
-        return held
-    }
+    public var published: Published? { held?.published }
 
     /// When the current set should be replaced (prefetch point, with its jitter).
     public var prefetchAt: Date? { held?.prefetchAt }
@@ -261,10 +248,7 @@ public struct RefreshMachine: Sendable {
             // Same answer: back on the prefetch schedule if it has not come yet (the steady
             // one, when an early spread refresh found nothing new), otherwise poll until new
             // credentials come or these expire.
-            holding = .held(
-                Held(
-                    published: current.published, prefetchAt: current.prefetchAt,
-                    steadyPrefetchAt: current.steadyPrefetchAt, offSchedule: spread))
+            held?.offSchedule = spread
             results.unchanged += 1
             if now < current.prefetchAt {
                 request = .scheduled(current.prefetchAt)
@@ -303,10 +287,9 @@ public struct RefreshMachine: Sendable {
             steadyPrefetchAt = steadyAt.addingTimeInterval(-skew)
             prefetchAt = planned.addingTimeInterval(-skew)
         }
-        holding = .held(
-            Held(
-                published: published, prefetchAt: prefetchAt, steadyPrefetchAt: steadyPrefetchAt,
-                offSchedule: false))
+        held = Held(
+            published: published, prefetchAt: prefetchAt, steadyPrefetchAt: steadyPrefetchAt,
+            offSchedule: false)
         request = .scheduled(prefetchAt)
         return .rotated(generation: generation)
     }
@@ -338,7 +321,7 @@ public struct RefreshMachine: Sendable {
             prefetchAt = max(planned, earliest)
         }
         // A carried set was not fetched on this process's schedule: the next one spreads.
-        holding = .held(Held(published: carried, prefetchAt: prefetchAt, steadyPrefetchAt: nil, offSchedule: true))
+        held = Held(published: carried, prefetchAt: prefetchAt, steadyPrefetchAt: nil, offSchedule: true)
         reschedule(max(prefetchAt, now))
     }
 
