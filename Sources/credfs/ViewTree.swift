@@ -3,7 +3,7 @@ import FoundationEssentials
 import FuseBridge
 import Glibc
 
-/// The files of SPEC section 1, wired to the view source.
+/// The files of docs/contract.md ("Files"), wired to the view source.
 enum Tree {
     static func make(
         views: CredentialViewSource, secretMode: mode_t, uid: uid_t, gid: gid_t, mountedAt: Date,

@@ -155,7 +155,7 @@ struct EcsMetadataTests {
         let fake = FakeMetadataServer()
         try await fake.start()
         defer { Task { await fake.stop() } }
-        let provider = EcsMetadataProvider(endpoint: fake.endpoint)
+        let provider = EcsMetadataProvider(endpoint: fake.endpoint, clock: SystemRefreshClock())
         _ = try await provider.fetch()
         _ = try await provider.fetch()
         #expect(fake.read { $0.roleListGets } == 1)
@@ -174,11 +174,11 @@ struct EcsMetadataTests {
         let fake = FakeMetadataServer()
         try await fake.start()
         defer { Task { await fake.stop() } }
-        let provider = EcsMetadataProvider(endpoint: fake.endpoint, role: "EcsRamRoleTest")
+        let provider = EcsMetadataProvider(endpoint: fake.endpoint, role: "EcsRamRoleTest", clock: SystemRefreshClock())
         _ = try await provider.fetch()
         #expect(fake.read { $0.roleListGets } == 0)
         // A configured role that the service does not know is an error, not a lookup.
-        let wrong = EcsMetadataProvider(endpoint: fake.endpoint, role: "Nope")
+        let wrong = EcsMetadataProvider(endpoint: fake.endpoint, role: "Nope", clock: SystemRefreshClock())
         await #expect(throws: CredentialError.self) { try await wrong.fetch() }
         #expect(fake.read { $0.roleListGets } == 0)
     }
@@ -187,7 +187,7 @@ struct EcsMetadataTests {
         let fake = FakeMetadataServer()
         try await fake.start()
         defer { Task { await fake.stop() } }
-        let provider = EcsMetadataProvider(endpoint: fake.endpoint)
+        let provider = EcsMetadataProvider(endpoint: fake.endpoint, clock: SystemRefreshClock())
         _ = try await provider.fetch()
         fake.set { $0.issued = [] }  // the service forgot every token (restart)
         await #expect(throws: CredentialError.self) { try await provider.fetch() }
@@ -199,7 +199,7 @@ struct EcsMetadataTests {
         let fake = FakeMetadataServer(tokenMode: .hangs)
         try await fake.start()
         defer { Task { await fake.stop() } }
-        let provider = EcsMetadataProvider(endpoint: fake.endpoint)
+        let provider = EcsMetadataProvider(endpoint: fake.endpoint, clock: SystemRefreshClock())
         let started = Date()
         let credentials = try await provider.fetch()
         let took = Date().timeIntervalSince(started)
@@ -217,7 +217,7 @@ struct EcsMetadataTests {
         fake.set { $0.role = "" }
         try await fake.start()
         defer { Task { await fake.stop() } }
-        let provider = EcsMetadataProvider(endpoint: fake.endpoint)
+        let provider = EcsMetadataProvider(endpoint: fake.endpoint, clock: SystemRefreshClock())
         do {
             _ = try await provider.fetch(probing: false)
             Issue.record("fetch succeeded without a role")

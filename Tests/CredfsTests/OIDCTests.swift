@@ -119,7 +119,7 @@ struct OIDCTests {
         let provider = OIDCProvider(
             roleArn: Self.roleArn, oidcProviderArn: Self.providerArn,
             tokenFile: "/nonexistent/oidc-token",
-            endpoint: "http://127.0.0.1:\(unusedLoopbackPort())")
+            endpoint: "http://127.0.0.1:\(unusedLoopbackPort())", clock: SystemRefreshClock())
         do {
             _ = try await provider.fetch()
             Issue.record("fetched without a token file")

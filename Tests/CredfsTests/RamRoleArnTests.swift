@@ -173,7 +173,7 @@ struct RamRoleArnTests {
         let source = CountingSource(sourceSet)
         let provider = RamRoleArnProvider(
             source: source, roleArn: Self.roleArn, sessionName: "credfs-unit", durationSeconds: 1800,
-            externalId: "ext id+/=", policy: Self.policy, endpoint: sts.endpoint)
+            externalId: "ext id+/=", policy: Self.policy, endpoint: sts.endpoint, clock: SystemRefreshClock())
         for n in 1...3 {
             let credentials = try await provider.fetch()
             #expect(credentials.accessKeyId == FakeCredentialServer.accessKeyId(n))
@@ -212,7 +212,8 @@ struct RamRoleArnTests {
             }
         }
         let source = Expiring()
-        let provider = RamRoleArnProvider(source: source, roleArn: Self.roleArn, endpoint: sts.endpoint)
+        let provider = RamRoleArnProvider(
+            source: source, roleArn: Self.roleArn, endpoint: sts.endpoint, clock: SystemRefreshClock())
         _ = try await provider.fetch()
         _ = try await provider.fetch()
         #expect(source.fetches.withLock { $0 } == 1)
@@ -231,7 +232,8 @@ struct RamRoleArnTests {
         let source = CountingSource(
             Credentials(
                 accessKeyId: Self.envKey, accessKeySecret: Self.envSecret, securityToken: token, expiration: nil))
-        let provider = RamRoleArnProvider(source: source, roleArn: Self.roleArn, endpoint: sts.endpoint)
+        let provider = RamRoleArnProvider(
+            source: source, roleArn: Self.roleArn, endpoint: sts.endpoint, clock: SystemRefreshClock())
         do {
             _ = try await provider.fetch()
             Issue.record("AssumeRole succeeded with a wrong signature")
@@ -253,7 +255,8 @@ struct RamRoleArnTests {
         try await sts.start()
         defer { Task { await sts.stop() } }
         let provider = RamRoleArnProvider(
-            source: EnvironmentProvider(environment: [:]), roleArn: Self.roleArn, endpoint: sts.endpoint)
+            source: EnvironmentProvider(environment: [:], clock: SystemRefreshClock()), roleArn: Self.roleArn,
+            endpoint: sts.endpoint, clock: SystemRefreshClock())
         do {
             _ = try await provider.fetch()
             Issue.record("fetched without source credentials")
