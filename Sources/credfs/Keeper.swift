@@ -52,6 +52,63 @@ enum KeeperProtocol {
     }
 }
 
+/// Descriptors kept by name, as a service manager keeps them: a store appends (up to
+/// ``StoreProtocol/Supervised/storeLimit``), a removal closes every one of the name.
+struct DescriptorStore {
+    private(set) var entries: [(name: String, fd: Int32)] = []
+
+    func holds(_ name: String) -> Bool { entries.contains { $0.name == name } }
+
+    /// Applies a store or removal, taking what it keeps from `fds`; the name of a store the
+    /// limit refused, else nil.
+    mutating func apply(_ message: StoreProtocol.Message, fds: inout ArraySlice<Int32>) -> String? {
+        switch message {
+        case .remove(let name):
+            for entry in entries where entry.name == name { close(entry.fd) }
+            entries.removeAll { $0.name == name }
+        case .store(let name):
+            while let fd = fds.first, entries.count < StoreProtocol.Supervised.storeLimit {
+                entries.append((name, fd))
+                fds = fds.dropFirst()
+            }
+            if !fds.isEmpty { return name }
+        default: break
+        }
+        return nil
+    }
+
+    mutating func removeAll() {
+        for entry in entries { close(entry.fd) }
+        entries = []
+    }
+}
+
+/// One message from a connected channel, never waiting.
+enum ChannelMessage {
+    case message(String, [Int32])
+    /// Nothing waiting now.
+    case none
+    /// The peer closed its end (or it broke).
+    case ended
+
+    static func receive(_ fd: Int32) -> ChannelMessage {
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        var fds = [Int32](repeating: -1, count: 16)
+        var count: Int32 = 0
+        var pid: pid_t = 0
+        var uid: uid_t = 0
+        while true {
+            let n = buffer.withUnsafeMutableBytes { raw in
+                credfs_recv_fds(fd, raw.baseAddress, raw.count, &fds, 16, &count, &pid, &uid)
+            }
+            if n < 0, errno == EINTR { continue }
+            if n < 0, errno == EAGAIN || errno == EWOULDBLOCK { return .none }
+            if n <= 0 { return .ended }
+            return .message(String(decoding: buffer.prefix(n), as: UTF8.self), Array(fds.prefix(Int(max(0, count)))))
+        }
+    }
+}
+
 /// The write end of the keeper's signal pipe (set before the handlers are installed).
 nonisolated(unsafe) var keeperSignalPipe: Int32 = -1
 
@@ -101,7 +158,7 @@ final class NodeStore {
     let termWait: Double
     var listener: Int32 = -1
     var signalRead: Int32 = -1
-    var store: [(name: String, fd: Int32)] = []
+    var store = DescriptorStore()
     var owner: (fd: Int32, pid: pid_t)?
     var ownerStopping = false
     var ownerGoneSince: Double?
@@ -152,7 +209,7 @@ final class NodeStore {
             }
             if let since = terminatingSince {
                 if owner == nil {
-                    if store.contains(where: { $0.name == StoreProtocol.fuse }) {
+                    if store.holds(StoreProtocol.fuse) {
                         log("terminating with no server: ending the connection")
                         endConnection()
                     }
@@ -260,46 +317,21 @@ final class NodeStore {
 
     func drainOwner() {
         guard let current = owner else { return }
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        var fds = [Int32](repeating: -1, count: 16)
         while true {
-            var count: Int32 = 0
-            var sender: pid_t = 0
-            var uid: uid_t = 0
-            let n = buffer.withUnsafeMutableBytes { raw in
-                credfs_recv_fds(current.fd, raw.baseAddress, raw.count, &fds, 16, &count, &sender, &uid)
-            }
-            if n < 0, errno == EINTR { continue }
-            if n < 0, errno == EAGAIN || errno == EWOULDBLOCK { return }
-            if n <= 0 {
+            switch ChannelMessage.receive(current.fd) {
+            case .none: return
+            case .ended:
                 ownerEnded()
                 return
-            }
-            handle(String(decoding: buffer.prefix(n), as: UTF8.self), fds: Array(fds.prefix(Int(max(0, count)))))
-        }
-    }
-
-    /// The supervisor's handling of a server's messages, less its process management.
-    func handle(_ message: String, fds: [Int32]) {
-        var unused = fds
-        defer { unused.forEach { close($0) } }
-        for part in StoreProtocol.Message.parse(message) {
-            switch part {
-            case .remove(let name):
-                store.removeAll { entry in
-                    guard entry.name == name else { return false }
-                    close(entry.fd)
-                    return true
+            case .message(let text, let fds):
+                var extra = fds[...]
+                for part in StoreProtocol.Message.parse(text) {
+                    if part == .stopping { ownerStopping = true }
+                    if let dropped = store.apply(part, fds: &extra) {
+                        log("the store is full; dropped a descriptor named \(dropped)")
+                    }
                 }
-            case .store(let name):
-                let room = max(0, StoreProtocol.Supervised.storeLimit - store.count)
-                for fd in unused.prefix(room) { store.append((name, fd)) }
-                unused = Array(unused.dropFirst(room))
-                if room == 0 { log("the store is full; dropped a descriptor named \(name)") }
-            case .stopping:
-                ownerStopping = true
-            case .serving, .ready, .status:
-                continue
+                extra.forEach { close($0) }
             }
         }
     }
@@ -309,7 +341,7 @@ final class NodeStore {
         close(current.fd)
         owner = nil
         ownerGoneSince = nil
-        if ownerStopping || !store.contains(where: { $0.name == StoreProtocol.fuse }) {
+        if ownerStopping || !store.holds(StoreProtocol.fuse) {
             log("the server (pid \(current.pid)) ended the mount")
             dropStore()
         } else {
@@ -323,14 +355,14 @@ final class NodeStore {
     func giveStore() {
         while owner == nil, !waiting.isEmpty {
             let next = waiting.removeFirst()
-            let successor = store.contains { $0.name == StoreProtocol.fuse }
+            let successor = store.holds(StoreProtocol.fuse)
             if !successor { dropStore() }
             var sent = true
             var start = 0
             for (text, count) in KeeperProtocol.messages(
-                role: successor ? "successor" : "first", names: store.map(\.name))
+                role: successor ? "successor" : "first", names: store.entries.map(\.name))
             {
-                let fds = store[start..<(start + count)].map(\.fd)
+                let fds = store.entries[start..<(start + count)].map(\.fd)
                 start += count
                 let bytes = Array(text.utf8)
                 let result = bytes.withUnsafeBytes { raw in
@@ -348,7 +380,9 @@ final class NodeStore {
             }
             owner = next
             orphanSince = nil
-            log("pid \(next.pid) serves (\(successor ? "successor, \(store.count) descriptors" : "first: it mounts"))")
+            log(
+                "pid \(next.pid) serves (\(successor ? "successor, \(store.entries.count) descriptors" : "first: it mounts"))"
+            )
         }
     }
 
@@ -362,8 +396,7 @@ final class NodeStore {
     }
 
     func dropStore() {
-        for entry in store { close(entry.fd) }
-        store = []
+        store.removeAll()
         orphanSince = nil
     }
 }
@@ -390,25 +423,22 @@ struct KeeperLaunch: ParsableCommand {
         var names: [String] = []
         var fds: [Int32] = []
         var role = ""
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        var received = [Int32](repeating: -1, count: 16)
-        while true {
+        loop: while true {
             var poller = pollfd(fd: connection, events: Int16(POLLIN), revents: 0)
             _ = poll(&poller, 1, -1)
-            var count: Int32 = 0
-            var pid: pid_t = 0
-            var uid: uid_t = 0
-            let n = buffer.withUnsafeMutableBytes { raw in
-                credfs_recv_fds(connection, raw.baseAddress, raw.count, &received, 16, &count, &pid, &uid)
+            switch ChannelMessage.receive(connection) {
+            case .none: continue
+            case .ended: throw Failure(message: "the keeper ended the connection before handing the store")
+            case .message(let text, let received):
+                guard let message = KeeperProtocol.parse(text), message.names.count == received.count else {
+                    received.forEach { close($0) }
+                    throw Failure(message: "the keeper sent what is not a store")
+                }
+                role = message.role
+                names += message.names
+                fds += received
+                if message.done { break loop }
             }
-            if n < 0, errno == EINTR || errno == EAGAIN { continue }
-            guard n > 0, let message = KeeperProtocol.parse(String(decoding: buffer.prefix(n), as: UTF8.self)),
-                message.names.count == Int(count)
-            else { throw Failure(message: "the keeper ended the connection before handing the store") }
-            role = message.role
-            names += message.names
-            fds += received.prefix(Int(count))
-            if message.done { break }
         }
         Output.error(
             "credfs keeper launch: \(role == "first" ? "first server: mounting" : "taking over \(names.count) stored descriptors")"

@@ -3,7 +3,8 @@
  * reads, failed, the longest pause (ms between two good reads, or since the last good one),
  * the last error, the st_dev of the file. SIGUSR1 starts a new window (counters to 0).
  * `reader --hog MB`: allocates and touches MB MiB (an OOM kill's trigger), never the
- * target of the OOM killer itself (oom_score_adj -1000), then sleeps. */
+ * target of the OOM killer where it may say so (oom_score_adj -1000 needs CAP_SYS_RESOURCE),
+ * then sleeps. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
