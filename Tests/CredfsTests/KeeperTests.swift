@@ -94,4 +94,31 @@ import Testing
         #expect(keeper.process.terminationStatus == 0)
         #expect(!isMounted(mountpoint))
     }
+
+    /// A handover with no successor: after --timeout the keeper unmounts and ends the
+    /// connection (a DaemonSet deleted while its keeper stays).
+    @Test func noSuccessorWithinTheTimeoutEndsTheMount() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let socket = dir.path + "/keeper/keeper.sock"
+        let mountpoint = dir.path + "/parent/.alibabacloud"
+        try FileManager.default.createDirectory(atPath: dir.path + "/parent", withIntermediateDirectories: true)
+        let keeper = try Background(
+            ["keeper", "serve", "--socket", socket, "--mountpoint", mountpoint, "--timeout", "1"],
+            log: dir.path + "/keeper.log")
+        let server = try Background(
+            ["keeper", "launch", "--socket", socket, "--", "mount", mountpoint, "--provider", "demo"],
+            log: dir.path + "/server.log")
+        defer {
+            server.end(SIGKILL)
+            keeper.end(SIGKILL)
+            if isMounted(mountpoint) { umount2(mountpoint, Int32(MNT_DETACH)) }
+        }
+        try waitUntil("the mount", timeout: 20) { readFile(mountpoint + "/credentials").bytes != nil }
+        #expect(try runCredfs(["keeper", "handover", "--pid", String(server.pid)]).status == 0)
+        server.process.waitUntilExit()
+        #expect(isMounted(mountpoint))
+        try waitUntil("the keeper to end the connection", timeout: 10) { !isMounted(mountpoint) }
+        #expect(keeper.process.isRunning)
+    }
 }
