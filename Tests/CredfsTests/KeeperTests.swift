@@ -38,18 +38,25 @@ import Testing
         }
     }
 
+    /// A keeper serving in `dir` with `options`: its socket, the mount point (below a
+    /// parent directory, as on a node) and the process.
+    static func node(in dir: TempDir, _ options: [String]) throws -> (String, String, Background) {
+        let socket = dir.path + "/keeper/keeper.sock"
+        let mountpoint = dir.path + "/parent/.alibabacloud"
+        try FileManager.default.createDirectory(atPath: dir.path + "/parent", withIntermediateDirectories: true)
+        let keeper = try Background(
+            ["keeper", "serve", "--socket", socket, "--mountpoint", mountpoint] + options, log: dir.path + "/keeper.log"
+        )
+        return (socket, mountpoint, keeper)
+    }
+
     /// kill -9 of a launched server, a second launcher waiting while the first serves, a
     /// handover; the same connection (st_dev) throughout; SIGTERM to the keeper with no
     /// server unmounts.
     @Test func theConnectionOutlivesServersAndEndsWithTheKeeper() throws {
         let dir = try TempDir()
         defer { dir.remove() }
-        let socket = dir.path + "/keeper/keeper.sock"
-        let mountpoint = dir.path + "/parent/.alibabacloud"
-        try FileManager.default.createDirectory(atPath: dir.path + "/parent", withIntermediateDirectories: true)
-        let keeper = try Background(
-            ["keeper", "serve", "--socket", socket, "--mountpoint", mountpoint, "--timeout", "30", "--term-wait", "5"],
-            log: dir.path + "/keeper.log")
+        let (socket, mountpoint, keeper) = try Self.node(in: dir, ["--timeout", "30", "--term-wait", "5"])
         var servers: [Background] = []
         defer {
             servers.forEach { $0.end(SIGKILL) }
@@ -100,12 +107,7 @@ import Testing
     @Test func noSuccessorWithinTheTimeoutEndsTheMount() throws {
         let dir = try TempDir()
         defer { dir.remove() }
-        let socket = dir.path + "/keeper/keeper.sock"
-        let mountpoint = dir.path + "/parent/.alibabacloud"
-        try FileManager.default.createDirectory(atPath: dir.path + "/parent", withIntermediateDirectories: true)
-        let keeper = try Background(
-            ["keeper", "serve", "--socket", socket, "--mountpoint", mountpoint, "--timeout", "1"],
-            log: dir.path + "/keeper.log")
+        let (socket, mountpoint, keeper) = try Self.node(in: dir, ["--timeout", "1"])
         let server = try Background(
             ["keeper", "launch", "--socket", socket, "--", "mount", mountpoint, "--provider", "demo"],
             log: dir.path + "/server.log")
