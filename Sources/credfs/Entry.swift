@@ -141,6 +141,8 @@ struct Credfs: AsyncParsableCommand {
         commandName: "credfs",
         abstract: "Alibaba Cloud STS credentials as read-only files, kept fresh in the background.",
         version: version,
-        subcommands: [Mount.self, Unmount.self, Status.self, Get.self, Doctor.self, Upgrade.self, Supervise.self]
+        subcommands: [
+            Mount.self, Unmount.self, Status.self, Get.self, Doctor.self, Upgrade.self, Supervise.self, Keeper.self,
+        ]
     )
 }

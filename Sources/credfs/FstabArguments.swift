@@ -3,7 +3,7 @@
 /// `credfs SOURCE MOUNTPOINT -o OPTIONS`). This maps that onto `credfs mount` flags.
 enum FstabArguments {
     static let subcommands: Set<String> = [
-        "mount", "unmount", "status", "get", "doctor", "help", "upgrade", "supervise",
+        "mount", "unmount", "status", "get", "doctor", "help", "upgrade", "supervise", "keeper",
     ]
 
     /// Options mount(8), fstab and systemd add that mean nothing to credfs.

@@ -39,6 +39,7 @@ library_packages() {
 # debian_root BASE PACKAGE…: a Debian root (this machine's suite, variant essential, plus
 # the packages; docs, man pages and locales left out) at BASE, rebuilt only when missing
 # or when the package list changed. Sets root_ms to the time the build took (0: cached).
+# A cached root counts as present when it holds $debian_root_check (default: systemd).
 debian_root() {
     local base=$1 suite stamp t sources f aptopts proxy
     shift
@@ -49,7 +50,7 @@ debian_root() {
     [ -n "$suite" ] || die "no VERSION_CODENAME in /etc/os-release"
     stamp="suite=$suite packages=${packages[*]} layout=1"
     root_ms=0
-    if [ "$(cat "$base.stamp" 2> /dev/null)" = "$stamp" ] && [ -x "$base/lib/systemd/systemd" ]; then
+    if [ "$(cat "$base.stamp" 2> /dev/null)" = "$stamp" ] && [ -e "$base/${debian_root_check:-lib/systemd/systemd}" ]; then
         return 0
     fi
     t=$(date +%s%N)
