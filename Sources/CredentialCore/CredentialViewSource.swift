@@ -149,7 +149,11 @@ public final class CredentialViewSource: Sendable {
 
     public func status() -> StatusSnapshot {
         var snapshot = refresher.status(mountedAt: mountedAt, version: version)
-        snapshot.serving = servingFacts.function?()
+        if let facts = servingFacts.function?() {
+            snapshot.serving = facts
+            snapshot.restarts = facts.restarts
+            snapshot.carriedState = facts.carriedState
+        }
         return snapshot
     }
 

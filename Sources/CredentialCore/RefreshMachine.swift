@@ -340,9 +340,9 @@ public struct StatusSnapshot: Sendable, Equatable {
     public var durations: DurationHistogram
     /// The process serving the mount now, and how many took over since it was mounted.
     public var pid: Int = Int(getpid())
-    public var restarts: Int = ServingProcess.restarts
-    /// What this process took over from its predecessor (``ServingProcess/carriedState``).
-    public var carriedState: String = ServingProcess.carriedState ?? "none"
+    public var restarts: Int = 0
+    /// What this process took over from its predecessor (``ServingFacts/carriedState``).
+    public var carriedState: String = "none"
 
     public init(
         machine: RefreshMachine, provider: String, mountedAt: Date, version: String, now: Date
@@ -420,9 +420,20 @@ public struct ServingFacts: Sendable, Equatable {
     /// OPEN requests the daemon has answered since it started.
     public var openRequests: Int
 
-    public init(mode: String, parkedRequests: Int, openRequests: Int) {
+    /// How many servers took over the mount since it was made (0 for the one that mounted).
+    public var restarts: Int
+    /// What this process took over from its predecessor: `restored` (its state), `behind`
+    /// (its state, older than the generation it last announced), `missing` (no state was
+    /// stored), `unreadable`, or `none` (the process that mounted).
+    public var carriedState: String
+
+    public init(
+        mode: String, parkedRequests: Int, openRequests: Int, restarts: Int = 0, carriedState: String = "none"
+    ) {
         self.mode = mode
         self.parkedRequests = parkedRequests
         self.openRequests = openRequests
+        self.restarts = restarts
+        self.carriedState = carriedState
     }
 }

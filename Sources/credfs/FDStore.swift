@@ -13,6 +13,14 @@ enum StoreProtocol {
     /// The carried state, `state.N` (a sealed memfd; the highest N is the newest).
     static let statePrefix = "state."
 
+    /// The mount's floor (``StateFloor``, a memfd written in place; not a `state.` name:
+    /// older binaries ignore it).
+    static let floor = "floor"
+    /// The listening sockets of `--serve-uri` and `--metrics` (ListenerService.swift).
+    static let listenURI = "listen-uri"
+    static let listenMetrics = "listen-metrics"
+    static let listeners = [listenURI, listenMetrics]
+
     static func state(_ sequence: Int) -> String { statePrefix + String(sequence) }
 
     /// N of `state.N`, nil for any other name.

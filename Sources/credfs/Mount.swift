@@ -113,6 +113,7 @@ struct Mount: AsyncParsableCommand {
     }
 
     func runForeground() async throws {
+        TakeoverTrace.mark("parsed")
         _ = credfs_set_not_dumpable()
         Self.raiseDescriptorLimit()
         let level = logLevel
@@ -239,24 +240,25 @@ struct Mount: AsyncParsableCommand {
         views.reportServing { [fs] in
             ServingFacts(
                 mode: kernelCacheMode ? "kernel-cache" : "default", parkedRequests: fs.parkedCount,
-                openRequests: fs.requestCounts.open)
+                openRequests: fs.requestCounts.open, restarts: hitless.restarts,
+                carriedState: hitless.carriedState.rawValue)
         }
-        hitless.restore(refresher, views: views)
+        let restored = hitless.restore(refresher, views: views)
         // Listen before mounting (a busy port must not leave a mount behind) and after the
         // restore (a successor's first answer is the carried credentials, never a 503). A
         // successor serves on the sockets its predecessor bound: the port is never free.
         let listeners = try await ListenerService.open(
             serveUri: serveUri, metrics: metrics, refresher: refresher, views: views, inherited: hitless.listeners,
             successor: hitless.isSuccessor, logger: logger)
+        let attached: Hitless.Attached
         do {
-            try hitless.attach(fs, refresher: refresher, views: views, mountedAt: mountedAt)
+            attached = try hitless.attach(fs, after: restored, mountedAt: mountedAt)
         } catch {
             throw Failure(message: "\(error)")
         }
         fileSystem.value = fs
-        fs.start()
+        hitless.start(attached)
         if hitless.isSuccessor {
-            hitless.announceServing()
             if let published = refresher.serving() {
                 notifier.ready(status: "took over; serving generation \(published.generation)")
             }
@@ -285,8 +287,7 @@ struct Mount: AsyncParsableCommand {
                 logger: logger))
         await router.attach(group, refresher: refresher)
         try await group.run()
-        hitless.finishHandover()
-        hitless.ended()
+        guard await hitless.end() == .ended else { return }
         notifier.stopping()
         logger.info("unmounted", metadata: ["mountpoint": "\(path)"])
     }
