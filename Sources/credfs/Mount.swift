@@ -165,6 +165,9 @@ struct Mount: AsyncParsableCommand {
         let router = SignalRouter()
         // Trapped now, before the mount appears; iterated below (the sequence buffers).
         let trapped = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sighup, .sigusr2)
+        // A standby waits here, started and its options read, until the supervisor hands
+        // it the connection (docs/hitless.md, "The standby"); if it never does, it ends.
+        guard await ServerLaunch.awaitAdoption() else { return }
         // A successor starts from the connection and state the fd store hands it.
         let hitless = Hitless(logger: logger)
         let signals = Task {
