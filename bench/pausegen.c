@@ -24,6 +24,8 @@
  * Prints one line of key=value pairs on stdout:
  *   readers ops failed first_errno floor_ops floor_p50_us floor_p99_us floor_max_us
  *   pauses_us=a,b,...  (one per takeover)   controls_us=a,b,...  (one per control window)
+ *   spans_us=a,b,...  (per takeover: the longest op that overlapped the takeover itself, from
+ *   the SIGKILL to the successor's first answer, or the upgrade command's run)
  *   start_ns=a,b,...  pause_end_ns=a,b,...  (CLOCK_MONOTONIC ns: each takeover's start, the
  *   end of its longest op)   command_ms=a,b,...   command_failures
  * Problems (the first few) on stderr. Exit 0 after a run (check the counts), 2 on bad usage.
@@ -66,7 +68,13 @@ struct reader {
     long nfloor, cap;
     double max_ns[MAX_WINDOWS];
     double max_end_ns[MAX_WINDOWS]; /* when that longest op ended (CLOCK_MONOTONIC) */
+    double span_ns[MAX_TAKEOVERS + 1]; /* longest op that overlapped takeover k itself */
 };
+
+/* Takeover k's own interval: from the SIGKILL (or the command's start) to the successor's
+   first `status` answer (or the command's end); 0 while unknown. */
+static _Atomic double interval_start[MAX_TAKEOVERS + 1];
+static _Atomic double interval_end[MAX_TAKEOVERS + 1];
 
 static double now_ns(void) {
     struct timespec ts;
@@ -119,6 +127,11 @@ static void *reader_main(void *arg) {
             r->failed++;
             if (!r->first_errno) r->first_errno = err;
             problem(err == EINVAL ? "bad bytes" : "read failed", err == EINVAL ? 0 : err);
+        }
+        if (w > 0 && w % 2 == 1) {
+            int k = (w + 1) / 2;
+            double from = atomic_load(&interval_start[k]), to = atomic_load(&interval_end[k]);
+            if (from > 0 && t1 >= from && (to == 0 || t0 <= to) && took > r->span_ns[k]) r->span_ns[k] = took;
         }
         if (w >= 0 && w < MAX_WINDOWS && took > r->max_ns[w]) {
             r->max_ns[w] = took;
@@ -231,13 +244,17 @@ int main(int argc, char **argv) {
         atomic_store(&window, 2 * k - 1);
         double t0 = now_ns();
         start_ns[k] = t0;
+        atomic_store(&interval_start[k], t0);
         int rc;
         if (strcmp(command, "kill-9") == 0) {
             rc = kill_and_wait(status_path, &command_ms[k]);
             start_ns[k] = kill_ns;
+            atomic_store(&interval_start[k], kill_ns);
+            atomic_store(&interval_end[k], kill_ns + command_ms[k] * 1e6);
         } else {
             rc = run_command(command);
             command_ms[k] = (now_ns() - t0) / 1e6;
+            atomic_store(&interval_end[k], now_ns());
         }
         if (rc != 0) {
             command_failures++;
@@ -298,6 +315,15 @@ int main(int argc, char **argv) {
             }
         }
         printf("%s%.0f", k > 1 ? "," : "", end);
+    }
+    /* The longest op that overlapped the takeover's own interval, per takeover. */
+    printf(" spans_us=");
+    for (int k = 1; k <= ntakeovers; k++) {
+        double m = 0;
+        for (int i = 0; i < nreaders; i++) {
+            if (readers[i].span_ns[k] > m) m = readers[i].span_ns[k];
+        }
+        printf("%s%.1f", k > 1 ? "," : "", m / 1e3);
     }
     printf(" command_ms=");
     for (int k = 1; k <= ntakeovers; k++) printf("%s%.1f", k > 1 ? "," : "", command_ms[k]);
