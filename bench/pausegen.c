@@ -24,7 +24,10 @@
  * Prints one line of key=value pairs on stdout:
  *   readers ops failed first_errno floor_ops floor_p50_us floor_p99_us floor_max_us
  *   pauses_us=a,b,...  (one per takeover)   controls_us=a,b,...  (one per control window)
- *   command_ms=a,b,...   command_failures
+ *   spans_us=a,b,...  (per takeover: the longest op that overlapped the takeover itself, from
+ *   the SIGKILL to the successor's first answer, or the upgrade command's run)
+ *   start_ns=a,b,...  pause_end_ns=a,b,...  (CLOCK_MONOTONIC ns: each takeover's start, the
+ *   end of its longest op)   command_ms=a,b,...   command_failures
  * Problems (the first few) on stderr. Exit 0 after a run (check the counts), 2 on bad usage.
  */
 #define _GNU_SOURCE
@@ -49,6 +52,7 @@ enum { BUF_SIZE = 1 << 16, MAX_READERS = 256, MAX_TAKEOVERS = 1000, MAX_WINDOWS 
 static char credentials_path[4096];
 static char field_path[4096];
 static int ntakeovers;
+static double kill_ns; /* when the last SIGKILL was sent */
 
 /* The window an op that ends now belongs to: 0 the floor, k takeover k. */
 static atomic_int window = 0;
@@ -63,7 +67,14 @@ struct reader {
     double *floor_ns; /* every floor op */
     long nfloor, cap;
     double max_ns[MAX_WINDOWS];
+    double max_end_ns[MAX_WINDOWS]; /* when that longest op ended (CLOCK_MONOTONIC) */
+    double span_ns[MAX_TAKEOVERS + 1]; /* longest op that overlapped takeover k itself */
 };
+
+/* Takeover k's own interval: from the SIGKILL (or the command's start) to the successor's
+   first `status` answer (or the command's end); 0 while unknown. */
+static _Atomic double interval_start[MAX_TAKEOVERS + 1];
+static _Atomic double interval_end[MAX_TAKEOVERS + 1];
 
 static double now_ns(void) {
     struct timespec ts;
@@ -108,7 +119,8 @@ static void *reader_main(void *arg) {
     while (atomic_load_explicit(&running, memory_order_relaxed)) {
         double t0 = now_ns();
         int err = one_read(p, json, buf);
-        double took = now_ns() - t0;
+        double t1 = now_ns();
+        double took = t1 - t0;
         int w = atomic_load_explicit(&window, memory_order_relaxed);
         r->ops++;
         if (err) {
@@ -116,7 +128,15 @@ static void *reader_main(void *arg) {
             if (!r->first_errno) r->first_errno = err;
             problem(err == EINVAL ? "bad bytes" : "read failed", err == EINVAL ? 0 : err);
         }
-        if (w >= 0 && w < MAX_WINDOWS && took > r->max_ns[w]) r->max_ns[w] = took;
+        if (w > 0 && w % 2 == 1) {
+            int k = (w + 1) / 2;
+            double from = atomic_load(&interval_start[k]), to = atomic_load(&interval_end[k]);
+            if (from > 0 && t1 >= from && (to == 0 || t0 <= to) && took > r->span_ns[k]) r->span_ns[k] = took;
+        }
+        if (w >= 0 && w < MAX_WINDOWS && took > r->max_ns[w]) {
+            r->max_ns[w] = took;
+            r->max_end_ns[w] = t1;
+        }
         if (w == 0) {
             if (r->nfloor == r->cap) {
                 long cap = r->cap ? r->cap * 2 : 65536;
@@ -173,6 +193,7 @@ static int kill_and_wait(const char *status_path, double *took_ms) {
     long old = status_pid(status_path);
     if (old <= 0) return 1;
     double t0 = now_ns();
+    kill_ns = t0;
     if (kill((pid_t)old, SIGKILL) != 0) return 2;
     while (now_ns() - t0 < 30e9) {
         long now = status_pid(status_path);
@@ -208,7 +229,8 @@ int main(int argc, char **argv) {
 
     struct reader *readers = calloc((size_t)nreaders, sizeof *readers);
     double *command_ms = calloc((size_t)ntakeovers + 1, sizeof(double));
-    if (!readers || !command_ms) return 1;
+    double *start_ns = calloc((size_t)ntakeovers + 1, sizeof(double));
+    if (!readers || !command_ms || !start_ns) return 1;
     for (int i = 0; i < nreaders; i++) {
         readers[i].index = i;
         if (pthread_create(&readers[i].thread, NULL, reader_main, &readers[i]) != 0) {
@@ -221,12 +243,18 @@ int main(int argc, char **argv) {
     for (int k = 1; k <= ntakeovers; k++) {
         atomic_store(&window, 2 * k - 1);
         double t0 = now_ns();
+        start_ns[k] = t0;
+        atomic_store(&interval_start[k], t0);
         int rc;
         if (strcmp(command, "kill-9") == 0) {
             rc = kill_and_wait(status_path, &command_ms[k]);
+            start_ns[k] = kill_ns;
+            atomic_store(&interval_start[k], kill_ns);
+            atomic_store(&interval_end[k], kill_ns + command_ms[k] * 1e6);
         } else {
             rc = run_command(command);
             command_ms[k] = (now_ns() - t0) / 1e6;
+            atomic_store(&interval_end[k], now_ns());
         }
         if (rc != 0) {
             command_failures++;
@@ -272,6 +300,30 @@ int main(int argc, char **argv) {
             }
             printf("%s%.1f", k > 1 ? "," : "", m / 1e3);
         }
+    }
+    /* For the breakdown: when each takeover began (the SIGKILL, or the command's start) and
+       when its longest op ended, in CLOCK_MONOTONIC ns (credfs's CREDFS_TAKEOVER_TRACE clock). */
+    printf(" start_ns=");
+    for (int k = 1; k <= ntakeovers; k++) printf("%s%.0f", k > 1 ? "," : "", start_ns[k]);
+    printf(" pause_end_ns=");
+    for (int k = 1; k <= ntakeovers; k++) {
+        double m = 0, end = 0;
+        for (int i = 0; i < nreaders; i++) {
+            if (readers[i].max_ns[2 * k - 1] > m) {
+                m = readers[i].max_ns[2 * k - 1];
+                end = readers[i].max_end_ns[2 * k - 1];
+            }
+        }
+        printf("%s%.0f", k > 1 ? "," : "", end);
+    }
+    /* The longest op that overlapped the takeover's own interval, per takeover. */
+    printf(" spans_us=");
+    for (int k = 1; k <= ntakeovers; k++) {
+        double m = 0;
+        for (int i = 0; i < nreaders; i++) {
+            if (readers[i].span_ns[k] > m) m = readers[i].span_ns[k];
+        }
+        printf("%s%.1f", k > 1 ? "," : "", m / 1e3);
     }
     printf(" command_ms=");
     for (int k = 1; k <= ntakeovers; k++) printf("%s%.1f", k > 1 ? "," : "", command_ms[k]);

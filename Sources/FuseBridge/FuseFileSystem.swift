@@ -98,13 +98,6 @@ public final class FuseFileSystem: Sendable {
         }
     }
 
-    /// Called once with the kernel's INIT request, which a successor needs; set before
-    /// ``mount()``.
-    public var onInitRequest: (@Sendable ([UInt8]) -> Void)? {
-        get { initRequest.function }
-        set { initRequest.set(newValue) }
-    }
-
     /// Entry and attribute timeout of versioned inodes, in seconds.
     static let versionedTimeout: Double = 86_400
 

@@ -96,8 +96,6 @@ final class SessionIO: Sendable {
         Self.signal(stopEvent)
     }
 
-    var isStopping: Bool { state.withLock { $0.stopping } }
-
     // MARK: the io functions
 
     private enum Step {

@@ -5,7 +5,7 @@ import Glibc
 /// Serving a connection that another process mounted: see docs/hitless.md.
 ///
 /// The first server mounts with libfuse and records the kernel's INIT request
-/// (``FuseFileSystem/onInitRequest``). A successor gets the same `/dev/fuse` descriptor
+/// (``FuseFileSystem/mount(recordingInit:)``). A successor gets the same `/dev/fuse` descriptor
 /// and that recording, and calls ``FuseFileSystem/adopt(fd:initRequest:state:)`` instead of
 /// ``FuseFileSystem/mount()``: libfuse is fed the recorded INIT (its reply swallowed), and
 /// the kernel is told to send again every request the previous server read but did not
@@ -33,6 +33,14 @@ extension FuseFileSystem {
         var ops = FuseOps.table
         let userdata = Unmanaged.passUnretained(self).toOpaque()
         return fuse_session_new(&args, &ops, MemoryLayout<fuse_lowlevel_ops>.size, userdata)
+    }
+
+    /// The first server of a connection a successor may take over: ``mount()`` with `record`
+    /// called once, from a reader thread, with the kernel's INIT request (which a successor
+    /// needs). The hook is in place before the kernel can send INIT.
+    public func mount(recordingInit record: @escaping @Sendable ([UInt8]) -> Void) throws {
+        initRequest.set(record)
+        try mount()
     }
 
     /// The first server: the same custom io as successors, recording the kernel's INIT.

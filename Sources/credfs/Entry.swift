@@ -7,6 +7,7 @@ import Posix
 @main
 enum Entry {
     static func main() async {
+        TakeoverTrace.mark("main")
         signal(SIGPIPE, SIG_IGN)
         ResidentPages.limitHeapArenas(to: 2)
         var arguments = Array(CommandLine.arguments.dropFirst())

@@ -1,6 +1,7 @@
 import CPosixIPC
 import FoundationEssentials
 import Glibc
+import Posix
 
 /// The fd store protocol, spelled once (docs/hitless.md, "The fd store protocol"): what a
 /// server tells its service manager (systemd, the supervisor, the tests' fake manager), the
@@ -12,6 +13,14 @@ enum StoreProtocol {
     static let fuseInit = "fuse-init"
     /// The carried state, `state.N` (a sealed memfd; the highest N is the newest).
     static let statePrefix = "state."
+
+    /// The mount's floor (``StateFloor``, a memfd written in place; not a `state.` name:
+    /// older binaries ignore it).
+    static let floor = "floor"
+    /// The listening sockets of `--serve-uri` and `--metrics` (ListenerService.swift).
+    static let listenURI = "listen-uri"
+    static let listenMetrics = "listen-metrics"
+    static let listeners = [listenURI, listenMetrics]
 
     static func state(_ sequence: Int) -> String { statePrefix + String(sequence) }
 
@@ -31,6 +40,11 @@ enum StoreProtocol {
         case serving
         /// The server ends for good (an unmount, SIGTERM): start no other.
         case stopping
+        /// A standby (the supervisor's only): started, options read, waiting to adopt.
+        case standby
+        /// To a standby, after the stored descriptors (one `.store` each): they are yours,
+        /// the previous server is gone; serve.
+        case adopt
         /// systemd's readiness and status lines (the supervisor ignores them).
         case ready(status: String)
         case status(String)
@@ -41,6 +55,8 @@ enum StoreProtocol {
             case .remove(let name): "FDSTOREREMOVE=1\nFDNAME=\(name)"
             case .serving: "SERVING=1"
             case .stopping: "STOPPING=1"
+            case .standby: "STANDBY=1"
+            case .adopt: "ADOPT=1"
             case .ready(let status): "READY=1\nSTATUS=\(status)"
             case .status(let status): "STATUS=\(status)"
             }
@@ -60,6 +76,8 @@ enum StoreProtocol {
             if fields["FDSTORE"] == "1" { messages.append(.store(name ?? "stored")) }
             if fields["SERVING"] == "1" { messages.append(.serving) }
             if fields["STOPPING"] == "1" { messages.append(.stopping) }
+            if fields["STANDBY"] == "1" { messages.append(.standby) }
+            if fields["ADOPT"] == "1" { messages.append(.adopt) }
             if fields["READY"] == "1" {
                 messages.append(.ready(status: fields["STATUS"].map(String.init) ?? ""))
             } else if let status = fields["STATUS"] {
@@ -83,7 +101,8 @@ enum StoreProtocol {
     /// A server the supervisor starts (docs/security.md, "The control plane"): descriptors at
     /// fixed numbers and two variables; no name another process could find or send to.
     enum Supervised {
-        /// `first` (the server that mounts) or `successor`.
+        /// `first` (the server that mounts), `successor`, or `standby` (waits on its channel
+        /// for the stored descriptors, then takes over as a successor).
         static let variable = "CREDFS_SUPERVISED"
         /// The names of the stored descriptors, `:`-separated, from ``firstStored`` on.
         static let namesVariable = "CREDFS_FDNAMES"
@@ -206,9 +225,11 @@ enum FDStore {
 /// server and the stored descriptors. Taken first thing in `main`, before any thread runs.
 struct ServerLaunch: @unchecked Sendable {
     let channel: Int32
-    let stored: [(name: String, fd: Int32)]
+    var stored: [(name: String, fd: Int32)]
     /// The argument list to parse (`mount … --foreground`).
     let arguments: [String]
+    /// Started ahead of need: waits in ``awaitAdoption()`` before it reads the store.
+    var standby = false
 
     nonisolated(unsafe) static var current: ServerLaunch?
 
@@ -242,7 +263,65 @@ struct ServerLaunch: @unchecked Sendable {
         if chdir(given.workingDirectory) != 0 { _ = chdir("/") }
         let stored = FDStore.adopt(
             from: layout.firstStored, count: min(names.count, layout.storeLimit), names: names)
-        return .success(ServerLaunch(channel: layout.channel, stored: stored, arguments: arguments))
+        return .success(
+            ServerLaunch(channel: layout.channel, stored: stored, arguments: arguments, standby: role == "standby"))
+    }
+
+    /// A standby's wait (docs/hitless.md, "The standby"): says `STANDBY=1`, then waits on its
+    /// channel, on a thread of its own, for the stored descriptors (one `FDSTORE=1` message
+    /// each) and `ADOPT=1`, which the supervisor sends only once the previous server is
+    /// gone. Afterwards this process is a successor like any other. False when the
+    /// supervisor went away (or stopped it) first: the standby ends.
+    static func awaitAdoption() async -> Bool {
+        guard var launch = current, launch.standby else { return true }
+        let channel = launch.channel
+        guard FDStore.send(.standby) else { return false }
+        let stored: [(name: String, fd: Int32)]? = await withCheckedContinuation { done in
+            let started = startThread(name: "credfs-standby") { done.resume(returning: receiveStore(channel)) }
+            if !started { done.resume(returning: nil) }
+        }
+        guard let stored else { return false }
+        launch.stored = stored
+        launch.standby = false
+        current = launch
+        TakeoverTrace.mark("adopting")
+        return true
+    }
+
+    /// Reads `FDSTORE=1` messages (each with its descriptor) until `ADOPT=1`; nil when the
+    /// channel ends first.
+    private static func receiveStore(_ channel: Int32) -> [(name: String, fd: Int32)]? {
+        var stored: [(name: String, fd: Int32)] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        var fds = [Int32](repeating: -1, count: 16)
+        while true {
+            var poller = pollfd(fd: channel, events: Int16(POLLIN), revents: 0)
+            if poll(&poller, 1, -1) < 0, errno != EINTR { break }
+            var count: Int32 = 0
+            var sender: pid_t = 0
+            var uid: uid_t = 0
+            let n = buffer.withUnsafeMutableBytes { raw in
+                credfs_recv_fds(channel, raw.baseAddress, raw.count, &fds, 16, &count, &sender, &uid)
+            }
+            if n < 0, errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK { continue }
+            guard n > 0 else { break }
+            var received = Array(fds.prefix(Int(max(0, count))))
+            for message in StoreProtocol.Message.parse(String(decoding: buffer.prefix(n), as: UTF8.self)) {
+                switch message {
+                case .store(let name):
+                    guard stored.count < StoreProtocol.Supervised.storeLimit, !received.isEmpty else { continue }
+                    stored.append((name, received.removeFirst()))
+                case .adopt:
+                    received.forEach { close($0) }
+                    return stored
+                default:
+                    continue
+                }
+            }
+            received.forEach { close($0) }
+        }
+        stored.forEach { close($0.fd) }
+        return nil
     }
 }
 

@@ -7,19 +7,19 @@ import Logging
 import Posix
 import Synchronization
 
-/// The server's side of a takeover (docs/hitless.md): start as the successor of a previous
-/// server when the fd store hands us its connection, keep the store's copy of our state
-/// current, and hand over on SIGUSR2.
+/// A takeover, both sides (docs/hitless.md): what a server stores (its connection, the
+/// kernel's INIT, its state, the floor) and what its successor restores from it, in an
+/// order the types enforce. A server's `serve` calls, in this order:
+///
+/// 1. ``init(logger:)``: reads what the fd store handed this process (a successor's
+///    connection and state; nothing for the first server);
+/// 2. ``restore(_:views:)`` into the refresher and views, which returns ``Restored``;
+/// 3. ``attach(_:after:mountedAt:)`` with it: adopts the connection or mounts (recording
+///    INIT), starts the state sender, and returns ``Attached``;
+/// 4. ``start(_:)`` with that: serves, and a successor says `SERVING=1`;
+/// 5. ``end()`` once the serving loop ended: a handover (``handOver()``, SIGUSR2) or an
+///    ordinary end.
 final class Hitless: Sendable {
-    /// Descriptor names in the store (``StoreProtocol``).
-    static let fuseName = StoreProtocol.fuse
-    static let initName = StoreProtocol.fuseInit
-    static let statePrefix = StoreProtocol.statePrefix
-    /// The listening sockets of `--serve-uri` and `--metrics` (ListenerService.swift).
-    static let uriListenerName = "listen-uri"
-    static let metricsListenerName = "listen-metrics"
-    static let listenerNames: Set<String> = [uriListenerName, metricsListenerName]
-
     /// A previous server's connection and state, when this process is its successor.
     struct Inherited {
         var fuseFd: Int32
@@ -55,10 +55,28 @@ final class Hitless: Sendable {
     /// connection was (a listener is never bound again while the store holds it).
     let listeners: [String: Int32]
     let logger: Logger
+    /// How many servers took over the mount since it was made (0 for the one that mounted),
+    /// and what this one took over (``Carried``): both for `status`.
+    let restarts: Int
+    let carriedState: Carried
     private let sender = Mutex<StateSender?>(nil)
     private let floor = Mutex<StateFloor?>(nil)
-    private let restored = Mutex(false)
-    private let handover = Hook<@Sendable () async -> Void>()
+    private let attachedFS = Mutex<FuseFileSystem?>(nil)
+    private let handover = Mutex<Task<Void, Never>?>(nil)
+
+    /// What a successor took over from its predecessor, as `status` shows it.
+    enum Carried: String {
+        /// The process that mounted.
+        case none
+        /// Its state.
+        case restored
+        /// Its state, older than the generation it last announced.
+        case behind
+        /// No state was stored.
+        case missing
+        /// A state was there and could not be read.
+        case unreadable
+    }
 
     /// Reads what the fd store passed to this process (nothing for the first server).
     init(logger: Logger) {
@@ -70,16 +88,16 @@ final class Hitless: Sendable {
         var floors: [Int32] = []
         var listeners: [String: Int32] = [:]
         for (name, fd) in fds {
-            if Self.listenerNames.contains(name), listeners[name] == nil {
+            if StoreProtocol.listeners.contains(name), listeners[name] == nil {
                 listeners[name] = fd
-            } else if name == Self.fuseName, fuseFd == nil {
+            } else if name == StoreProtocol.fuse, fuseFd == nil {
                 fuseFd = fd
-            } else if name == Self.initName, initRequest == nil {
+            } else if name == StoreProtocol.fuseInit, initRequest == nil {
                 initRequest = MemoryFile.read(fd, limit: 1 << 20)
                 close(fd)
-            } else if name.hasPrefix(Self.statePrefix), let sequence = Int(name.dropFirst(Self.statePrefix.count)) {
+            } else if let sequence = StoreProtocol.stateSequence(name) {
                 states.append((sequence, fd))
-            } else if name == StateFloor.name {
+            } else if name == StoreProtocol.floor {
                 floors.append(fd)
             } else {
                 close(fd)
@@ -92,11 +110,13 @@ final class Hitless: Sendable {
             states.forEach { close($0.fd) }
             floors.forEach { close($0) }
             var stale = states.map { StoreProtocol.state($0.sequence) }
-            if !floors.isEmpty { stale.append(StateFloor.name) }
-            if fuseFd != nil { stale.append(Self.fuseName) }
-            if initRequest != nil { stale.append(Self.initName) }
+            if !floors.isEmpty { stale.append(StoreProtocol.floor) }
+            if fuseFd != nil { stale.append(StoreProtocol.fuse) }
+            if initRequest != nil { stale.append(StoreProtocol.fuseInit) }
             staleNames = stale
             inherited = nil
+            restarts = 0
+            carriedState = .none
             return
         }
         // The newest state that reads; the reason the newest did not.
@@ -129,7 +149,15 @@ final class Hitless: Sendable {
         if let record = floor?.record, let carried = state, record.generation > (carried.published?.generation ?? 0) {
             problem = problem ?? .behind(state: carried.published?.generation ?? 0, floor: record.generation)
         }
+        TakeoverTrace.mark("store-read")
         staleNames = []
+        restarts = max(state?.restarts ?? 0, floor?.record?.restarts ?? 0) + 1
+        switch problem {
+        case nil: carriedState = .restored
+        case .missing: carriedState = .missing
+        case .unreadable: carriedState = .unreadable
+        case .behind: carriedState = .behind
+        }
         inherited = Inherited(
             fuseFd: fuseFd, initRequest: initRequest, state: state, problem: problem,
             stateSequences: states.map(\.sequence), floor: floor?.floor, floorRecord: floor?.record)
@@ -170,24 +198,30 @@ final class Hitless: Sendable {
         return Date(timeIntervalSince1970: at)
     }
 
-    /// Serve what the previous server served, without asking the upstream: its
+    /// Proof that ``restore(_:views:)`` ran: ``attach(_:after:mountedAt:)`` takes it, so a
+    /// successor cannot adopt the connection before it holds the carried state.
+    struct Restored: ~Copyable {
+        fileprivate let refresher: Refresher
+        fileprivate let views: CredentialViewSource
+    }
+
+    /// Proof that ``attach(_:after:mountedAt:)`` ran: ``start(_:)`` takes it.
+    struct Attached: ~Copyable {
+        fileprivate let fs: FuseFileSystem
+    }
+
+    /// Step 1. Serve what the previous server served, without asking the upstream: its
     /// credentials and clock, its process-group pins (each with its generation and
     /// deadline), and its provider's cached state (a metadata token, a role name). Without
     /// a readable state, the floor still keeps generations (so inode numbers) and counts
-    /// from going back; `status` says which (`carriedState`), and so does the log. Runs
-    /// once, before anything is served: `Mount` calls it before opening the listeners (a
-    /// carried socket's queued clients get the carried credentials, never a 503), and
-    /// ``attach(_:refresher:views:mountedAt:)`` makes sure it ran.
-    func restore(_ refresher: Refresher, views: CredentialViewSource) {
-        guard let inherited,
-            restored.withLock({ done in
-                defer { done = true }
-                return !done
-            })
-        else { return }
+    /// from going back; `status` says which (`carriedState`), and so does the log. Call it
+    /// before the listeners open (a carried socket's queued clients get the carried
+    /// credentials, never a 503). The first server restores nothing.
+    func restore(_ refresher: Refresher, views: CredentialViewSource) -> Restored {
+        let restored = Restored(refresher: refresher, views: views)
+        guard let inherited else { return restored }
         let state = inherited.state
         let record = inherited.floorRecord
-        ServingProcess.restarts = max(state?.restarts ?? 0, record?.restarts ?? 0) + 1
         let upstreamRequests = max(state?.upstreamRequests ?? 0, record?.upstreamRequests ?? 0)
         // Every generation the kernel may have seen is at most this.
         let floor = max(record?.generation ?? 0, state?.published?.generation ?? 0)
@@ -214,19 +248,16 @@ final class Hitless: Sendable {
         let floorText = record.map { String($0.generation) } ?? "none"
         switch inherited.problem {
         case nil:
-            ServingProcess.carriedState = "restored"
+            break
         case .missing:
-            ServingProcess.carriedState = "missing"
             logger.warning(
                 "taking over without the previous server's state: none was stored; generations continue above the floor",
                 metadata: ["floor": "\(floorText)"])
         case .unreadable(let why):
-            ServingProcess.carriedState = "unreadable"
             logger.error(
                 "taking over without the previous server's state: it could not be read; generations continue above the floor",
                 metadata: ["reason": "\(why)", "floor": "\(floorText)", "olderStateUsed": "\(state != nil)"])
         case .behind(let carried, let announced):
-            ServingProcess.carriedState = "behind"
             logger.warning(
                 "the previous server's last state is older than the generation it announced; serving its credentials as a new generation and refreshing",
                 metadata: ["stateGeneration": "\(carried)", "floor": "\(announced)"])
@@ -234,68 +265,32 @@ final class Hitless: Sendable {
         if record == nil {
             logger.notice("the previous server kept no floor in the store (an older binary); this one adds it")
         }
+        TakeoverTrace.mark("restored")
+        return restored
     }
 
-    /// Starts serving: the successor adopts the connection; the first server mounts and
-    /// stores its connection once the kernel's INIT has arrived. Nothing here waits for the
-    /// store: what goes there is queued for the state sender's thread.
-    func attach(_ fs: FuseFileSystem, refresher: Refresher, views: CredentialViewSource, mountedAt: Date) throws {
-        restore(refresher, views: views)
-        let storing = FDStore.isAvailable
-        if storing {
-            let floor = inherited?.floor ?? StateFloor.make(StateFloor.Record())
-            floor?.raise {
-                $0.generation = refresher.machine.published?.generation ?? 0
-                $0.restarts = ServingProcess.restarts
-                $0.upstreamRequests = refresher.machine.upstreamRequests
-                $0.mountedAt = mountedAt.timeIntervalSince1970
-            }
-            self.floor.withLock { $0 = floor }
-            let sender = StateSender(
-                sequence: inherited?.stateSequences.max() ?? 0, stored: inherited?.stateSequences ?? [],
-                logger: logger
-            ) { publishing in
-                let state = CarriedState.make(
-                    refresher: refresher, views: views, fs: fs, mountedAt: mountedAt,
-                    restarts: ServingProcess.restarts, publishing: publishing)
-                floor?.raise {
-                    $0.generation = state.published?.generation ?? 0
-                    $0.upstreamRequests = state.upstreamRequests
-                }
-                return state
-            }
-            self.sender.withLock { $0 = sender }
-            // A dead mount's leftovers go before anything of this one is stored.
-            for name in staleNames { sender.enqueue(.remove(name: name)) }
-            if let floor, inherited?.floor == nil {
-                let copy = fcntl(floor.fd, F_DUPFD_CLOEXEC, 0)
-                if copy >= 0 { sender.enqueue(.store(fd: copy, name: StateFloor.name)) }
-            }
-            fs.onStateChange = { sender.changed() }
-            // A new pin may come with no new inode (an open of a known inode).
-            views.pins.onChange { sender.changed() }
-            if !sender.start() { logger.error("cannot start the state sender's thread; takeover unavailable") }
-        }
-        handover.set { [self] in
-            logger.notice("handing the mount over to a successor")
-            handingOver.store(true, ordering: .sequentiallyConsistent)
-            await fs.handOver()
-            finishHandover()
-        }
+    /// Step 2. The successor adopts the connection (the kernel is asked to send again what
+    /// its predecessor read); the first server mounts, recording the kernel's INIT for the
+    /// store. With a store, the state sender starts: nothing here waits for the store, what
+    /// goes there is queued for the sender's thread.
+    func attach(_ fs: FuseFileSystem, after restored: consuming Restored, mountedAt: Date) throws -> Attached {
+        let refresher = restored.refresher
+        let views = restored.views
+        let sender =
+            FDStore.isAvailable ? startSender(fs, refresher: refresher, views: views, mountedAt: mountedAt) : nil
+        attachedFS.withLock { $0 = fs }
         if let inherited {
             let resend = getenv("CREDFS_NO_RESEND") == nil
             let result = try fs.adopt(
                 fd: inherited.fuseFd, initRequest: inherited.initRequest, state: inherited.state?.bridge,
                 resend: resend)
+            TakeoverTrace.mark("adopted")
             logger.notice(
                 "took over the mount",
-                metadata: [
-                    "restarts": "\(ServingProcess.restarts)", "resend": "\(result)",
-                    "carriedState": "\(ServingProcess.carriedState ?? "none")",
-                ])
+                metadata: ["restarts": "\(restarts)", "resend": "\(result)", "carriedState": "\(carriedState)"])
             changed()
-        } else if let sender = self.sender.withLock({ $0 }) {
-            fs.onInitRequest = { [logger] request in
+        } else if let sender {
+            try fs.mount(recordingInit: { [logger] request in
                 // Called on a reader thread with the INIT request: the recording first,
                 // then the connection (a successor needs both), both sent by the sender.
                 let recording = MemoryFile.make(name: "credfs-fuse-init", bytes: request)
@@ -306,19 +301,22 @@ final class Hitless: Sendable {
                     logger.error("cannot record the FUSE INIT request; takeover unavailable")
                     return
                 }
-                sender.enqueue(.store(fd: recording, name: Self.initName))
-                sender.enqueue(.store(fd: connection, name: Self.fuseName))
+                sender.enqueue(.store(fd: recording, name: StoreProtocol.fuseInit))
+                sender.enqueue(.store(fd: connection, name: StoreProtocol.fuse))
                 sender.changed()
-            }
-            try fs.mount()
+            })
         } else {
             try fs.mount()
         }
+        return Attached(fs: fs)
     }
 
-    /// A successor serves: the service manager (the supervisor's upgrade) is told, after
-    /// what is queued for it.
-    func announceServing() {
+    /// Step 3. Serves; a successor tells its service manager (the supervisor's upgrade
+    /// waits for it), after what is queued for it.
+    func start(_ attached: consuming Attached) {
+        attached.fs.start()
+        guard isSuccessor else { return }
+        TakeoverTrace.mark("started")
         if let sender = sender.withLock({ $0 }) {
             sender.enqueue(.send(.serving))
         } else {
@@ -326,45 +324,99 @@ final class Hitless: Sendable {
         }
     }
 
-    private let handingOver = Atomic<Bool>(false)
-    /// Its lock makes the first caller of ``finishHandover()`` the one that exits.
-    private let exiting = Mutex(())
+    /// The floor and the state sender of a server with a store.
+    private func startSender(
+        _ fs: FuseFileSystem, refresher: Refresher, views: CredentialViewSource, mountedAt: Date
+    ) -> StateSender {
+        let restarts = restarts
+        let floor = inherited?.floor ?? StateFloor.make(StateFloor.Record())
+        floor?.raise {
+            $0.generation = refresher.machine.published?.generation ?? 0
+            $0.restarts = restarts
+            $0.upstreamRequests = refresher.machine.upstreamRequests
+            $0.mountedAt = mountedAt.timeIntervalSince1970
+        }
+        self.floor.withLock { $0 = floor }
+        let sender = StateSender(
+            sequence: inherited?.stateSequences.max() ?? 0, stored: inherited?.stateSequences ?? [],
+            logger: logger
+        ) { publishing in
+            let state = CarriedState.make(
+                refresher: refresher, views: views, fs: fs, mountedAt: mountedAt, restarts: restarts,
+                publishing: publishing)
+            floor?.raise {
+                $0.generation = state.published?.generation ?? 0
+                $0.upstreamRequests = state.upstreamRequests
+            }
+            return state
+        }
+        self.sender.withLock { $0 = sender }
+        // A dead mount's leftovers go before anything of this one is stored.
+        for name in staleNames { sender.enqueue(.remove(name: name)) }
+        if let floor, inherited?.floor == nil {
+            let copy = fcntl(floor.fd, F_DUPFD_CLOEXEC, 0)
+            if copy >= 0 { sender.enqueue(.store(fd: copy, name: StoreProtocol.floor)) }
+        }
+        fs.onStateChange = { sender.changed() }
+        // A new pin may come with no new inode (an open of a known inode).
+        views.pins.onChange { sender.changed() }
+        if !sender.start() { logger.error("cannot start the state sender's thread; takeover unavailable") }
+        return sender
+    }
 
     /// How long a handover tries to get its final state into the store (the supervisor
     /// kills a server that has not handed over within 5 s).
     static let finalPushWithin: Duration = .seconds(2)
 
-    /// After the loop ended for a handover: push the final state and exit 0, without
-    /// unmounting and without `STOPPING=1` (which would end the supervisor). Both the
-    /// handover and the end of `serve` call it; the first one exits.
-    func finishHandover() {
-        guard handingOver.load(ordering: .sequentiallyConsistent) else { return }
-        exiting.withLock { _ in
-            if let sender = sender.withLock({ $0 }), !sender.finish(within: Self.finalPushWithin) {
-                logger.error("the service manager did not take the final state; the successor starts from the floor")
-            }
-            logger.notice("handed over; exiting without unmounting")
-            exit(0)
-        }
-    }
-
-    /// After an ordinary end (SIGTERM, unmount): the mount is gone, so the connection, its
-    /// INIT and the floor leave the fd store, and the next start (`systemctl restart`)
-    /// mounts anew instead of adopting a dead connection.
-    func ended() {
-        guard let sender = sender.withLock({ $0 }), !handingOver.load(ordering: .sequentiallyConsistent) else {
-            return
-        }
-        for name in [Self.fuseName, Self.initName, StateFloor.name] + Self.listenerNames {
-            sender.enqueue(.remove(name: name))
-        }
-        sender.finish(within: .seconds(1), state: false)
-    }
-
-    /// SIGUSR2: stop serving, push the final state, exit 0 without unmounting.
+    /// SIGUSR2 (or the SIGTERM of `systemctl restart`): stop reading, answer what was read,
+    /// push the final state. The serving loop then ends, and ``end()`` says it was a
+    /// handover. Before ``attach(_:after:mountedAt:)``, and once one is under way, nothing.
     func handOver() async {
-        guard let action = handover.function else { return }
-        await action()
+        let task = handover.withLock { slot -> Task<Void, Never>? in
+            guard slot == nil, let fs = attachedFS.withLock({ $0 }) else { return nil }
+            let task = Task { [self] in
+                TakeoverTrace.mark("handover")
+                logger.notice("handing the mount over to a successor")
+                await fs.handOver()
+                TakeoverTrace.mark("stopped")
+                if let sender = sender.withLock({ $0 }), !sender.finish(within: Self.finalPushWithin) {
+                    logger.error(
+                        "the service manager did not take the final state; the successor starts from the floor")
+                }
+                TakeoverTrace.mark("pushed")
+            }
+            slot = task
+            return task
+        }
+        await task?.value
+    }
+
+    /// How serving ended.
+    enum Ending {
+        /// Handed over: exit 0 without unmounting and without `STOPPING=1` (which would
+        /// end the supervisor).
+        case handedOver
+        /// An ordinary end (SIGTERM, unmount).
+        case ended
+    }
+
+    /// After the serving loop ended. A handover: waits until its final push is done. An
+    /// ordinary end: the mount is gone, so the connection, its INIT, the floor and the
+    /// listeners leave the fd store, and the next start (`systemctl restart`) mounts anew
+    /// instead of adopting a dead connection.
+    func end() async -> Ending {
+        if let task = handover.withLock({ $0 }) {
+            await task.value
+            logger.notice("handed over; exiting without unmounting")
+            return .handedOver
+        }
+        if let sender = sender.withLock({ $0 }) {
+            for name in [StoreProtocol.fuse, StoreProtocol.fuseInit, StoreProtocol.floor] + StoreProtocol.listeners {
+                sender.enqueue(.remove(name: name))
+            }
+            sender.finish(within: .seconds(1), state: false)
+        }
+        return .ended
     }
 
     /// A change the bridge does not see: push it soon.

@@ -33,13 +33,13 @@ struct ListenerService: Service {
         }
         if let serveUri {
             try await add(
-                Hitless.uriListenerName, host: serveUri.host, port: serveUri.port, what: "the credentials URI",
+                StoreProtocol.listenURI, host: serveUri.host, port: serveUri.port, what: "the credentials URI",
                 path: "/", limits: CredentialsURIHandler.limits
             ) { port in CredentialsURIHandler(refresher: refresher, host: serveUri.host, port: port).respond }
         }
         if let metrics {
             try await add(
-                Hitless.metricsListenerName, host: metrics.host, port: metrics.port, what: "metrics",
+                StoreProtocol.listenMetrics, host: metrics.host, port: metrics.port, what: "metrics",
                 path: "/metrics", limits: MetricsHandler.limits
             ) { _ in
                 // One snapshot, the one the status file would show now.

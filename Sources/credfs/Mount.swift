@@ -113,6 +113,7 @@ struct Mount: AsyncParsableCommand {
     }
 
     func runForeground() async throws {
+        TakeoverTrace.mark("parsed")
         _ = credfs_set_not_dumpable()
         Self.raiseDescriptorLimit()
         let level = logLevel
@@ -164,6 +165,9 @@ struct Mount: AsyncParsableCommand {
         let router = SignalRouter()
         // Trapped now, before the mount appears; iterated below (the sequence buffers).
         let trapped = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sighup, .sigusr2)
+        // A standby waits here, started and its options read, until the supervisor hands
+        // it the connection (docs/hitless.md, "The standby"); if it never does, it ends.
+        guard await ServerLaunch.awaitAdoption() else { return }
         // A successor starts from the connection and state the fd store hands it.
         let hitless = Hitless(logger: logger)
         let signals = Task {
@@ -239,26 +243,26 @@ struct Mount: AsyncParsableCommand {
         let pid = Int(getpid())
         views.reportServing { [fs] in
             ServingFacts(
-                pid: pid, restarts: ServingProcess.restarts, carriedState: ServingProcess.carriedState ?? "none",
+                pid: pid, restarts: hitless.restarts, carriedState: hitless.carriedState.rawValue,
                 mode: kernelCacheMode ? "kernel-cache" : "default", parkedRequests: fs.parkedCount,
                 openRequests: fs.requestCounts.open)
         }
-        hitless.restore(refresher, views: views)
+        let restored = hitless.restore(refresher, views: views)
         // Listen before mounting (a busy port must not leave a mount behind) and after the
         // restore (a successor's first answer is the carried credentials, never a 503). A
         // successor serves on the sockets its predecessor bound: the port is never free.
         let listeners = try await ListenerService.open(
             serveUri: serveUri, metrics: metrics, refresher: refresher, views: views, inherited: hitless.listeners,
             successor: hitless.isSuccessor, logger: logger)
+        let attached: Hitless.Attached
         do {
-            try hitless.attach(fs, refresher: refresher, views: views, mountedAt: mountedAt)
+            attached = try hitless.attach(fs, after: restored, mountedAt: mountedAt)
         } catch {
             throw Failure(message: "\(error)")
         }
         fileSystem.value = fs
-        fs.start()
+        hitless.start(attached)
         if hitless.isSuccessor {
-            hitless.announceServing()
             if let published = refresher.serving() {
                 notifier.ready(status: "took over; serving generation \(published.generation)")
             }
@@ -287,8 +291,7 @@ struct Mount: AsyncParsableCommand {
                 logger: logger))
         await router.attach(group, refresher: refresher)
         try await group.run()
-        hitless.finishHandover()
-        hitless.ended()
+        guard await hitless.end() == .ended else { return }
         notifier.stopping()
         logger.info("unmounted", metadata: ["mountpoint": "\(path)"])
     }

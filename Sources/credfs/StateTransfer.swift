@@ -74,8 +74,9 @@ struct CarriedState: Codable {
         }
     }
 
-    /// 2: open handles are no longer carried (their list is always empty) and versioned
-    /// nodes are carried within a byte budget. Readers of either format read the other.
+    /// Not read by this binary, and not dead: older binaries require the key when they
+    /// decode a state (docs/hitless.md, "The carried state across versions"), so a
+    /// downgrade still carries the state. 2: handles no longer carried, nodes within a budget.
     var format = 2
     var mountedAt: Double
     var restarts: Int
@@ -137,8 +138,6 @@ final class StateFloor: Sendable {
         var mountedAt: Double = 0
     }
 
-    /// Its name in the fd store (not a `state.` name: older binaries ignore it).
-    static let name = "floor"
     /// "credflo1", then generation, restarts, upstreamRequests, mountedAt's bits: little
     /// endian 64-bit words.
     static let magic: UInt64 = 0x6372_6564_666c_6f31

@@ -64,6 +64,8 @@ final class Supervisor {
         var handover = 5.0
         var serving = 10.0
         var log: String?
+        /// `standby=0`: no standby (every successor starts cold, as before there was one).
+        var standby = true
 
         static let variable = "CREDFS_SUPERVISOR_TEST"
 
@@ -77,6 +79,7 @@ final class Supervisor {
                 case "handover": handover = seconds ?? handover
                 case "serving": serving = seconds ?? serving
                 case "log": log = pair[1]
+                case "standby": standby = pair[1] != "0"
                 default: continue
                 }
             }
@@ -102,6 +105,16 @@ final class Supervisor {
     var server: Child?
     /// The `--version` check of an upgrade.
     var candidate: Child?
+    /// The next server, started ahead of need from ``binary`` (or an upgrade's binary): its
+    /// options read, waiting on its channel; it gets the store only once the server is gone
+    /// (docs/hitless.md, "The standby"). Those in ``standbyReady`` said `STANDBY=1`.
+    var standby: Child?
+    var standbyReady: Set<pid_t> = []
+    /// An upgrade's binary as a standby, until it adopts (or is given up).
+    var upgradeStandby: Child?
+    /// Standbys in a row that ended before they were ready: none is started after three
+    /// (until a server serves again), so a broken binary costs no crash loop of standbys.
+    var standbyFailures = 0
     /// Each server's end of its private channel, until the server is no longer current.
     var channels: [pid_t: Int32] = [:]
     /// Wait statuses of children that exited.
@@ -236,12 +249,20 @@ final class Supervisor {
                 timeout = timeout < 0 ? wait : min(timeout, wait)
             }
             pump(timeoutMs: timeout)
+            if let waiting = standby, let status = exits.removeValue(forKey: waiting.pid) {
+                retire(waiting)
+                standby = nil
+                if !standbyReady.contains(waiting.pid) { standbyFailures += 1 }
+                standbyReady.remove(waiting.pid)
+                log("the standby ended (\(Self.describe(status)))")
+            }
             if let at = trimAt, Self.now() >= at {
                 trimAt = nil
                 ResidentPages.releaseCleanFilePages()
             }
             if terminating, !forwarded {
                 forwarded = true
+                dropStandby()
                 if let server {
                     kill(server.pid, SIGTERM)
                 } else {
@@ -261,11 +282,13 @@ final class Supervisor {
                 server = nil
                 let cleanExit = Self.exitedNormally(status) && Self.exitCode(status) == 0
                 if stopping || terminating || (cleanExit && !handingOver) {
+                    dropStandby()
                     if terminating { _ = FuseFileSystem.detach(mountpoint) }
                     return 0
                 }
                 handingOver = false
                 guard store.contains(where: { $0.name == StoreProtocol.fuse }) else {
+                    dropStandby()
                     log("the server exited before the mount was up (\(Self.describe(status)))")
                     return Self.exitedNormally(status) ? max(1, Self.exitCode(status)) : 1
                 }
@@ -279,6 +302,8 @@ final class Supervisor {
                         "the server died (\(Self.describe(status))); \(quickDeaths) in a row died before serving: starting its successor in \(delay) s"
                     )
                     restartAt = Self.now() + delay
+                } else if adoptByStandby() {
+                    log("the server died (\(Self.describe(status))); its standby takes over now")
                 } else {
                     log("the server died (\(Self.describe(status))); starting its successor now")
                     restartAt = Self.now()
@@ -294,6 +319,7 @@ final class Supervisor {
                     restartAt = Self.now() + 1
                 }
             }
+            startStandbyIfDue()
             if let upgrade = pendingUpgrade, server != nil, !terminating {
                 pendingUpgrade = nil
                 let result = performUpgrade(to: upgrade.binary, name: upgrade.name)
@@ -302,6 +328,70 @@ final class Supervisor {
                 Discard.close([upgrade.reply])
                 if server == nil, restartAt == nil { restartAt = Self.now() + 0.1 }
             }
+        }
+    }
+
+    // MARK: the standby
+
+    /// A standby is started from the serving binary once the server serves, unless one
+    /// waits already, an upgrade is due, the supervisor stops, or three in a row failed.
+    func startStandbyIfDue() {
+        guard limits.standby, standby == nil, let current = server, serving.contains(current.pid), !terminating,
+            !stopping, !handingOver, pendingUpgrade == nil, standbyFailures < 3
+        else { return }
+        standby = spawnServer(binary: binary, first: false, standby: true)
+        if standby == nil { standbyFailures += 1 }
+    }
+
+    /// The server is gone: a ready standby gets the store over its channel (each stored
+    /// descriptor in a `FDSTORE=1` message, then `ADOPT=1`) and becomes the server. False
+    /// (and the standby stopped) when there is none ready or the store could not be sent.
+    func adoptByStandby() -> Bool {
+        guard let next = standby, standbyReady.contains(next.pid) else { return false }
+        standby = nil
+        guard send(store: next) else {
+            log("cannot hand the store to the standby (pid \(next.pid)); starting a successor instead")
+            stop(next)
+            return false
+        }
+        standbyReady.remove(next.pid)
+        server = next
+        TakeoverTrace.mark("adopt-sent")
+        return true
+    }
+
+    /// The store to `child`'s channel, then `ADOPT=1`; never waits (the channel's buffer
+    /// holds far more than the store's 64 small messages).
+    func send(store child: Child) -> Bool {
+        guard let channel = channels[child.pid] else { return false }
+        for entry in store {
+            guard FDStore.send(.store(entry.name), fds: [entry.fd], to: .supervisor(channel: channel)) else {
+                return false
+            }
+        }
+        return FDStore.send(.adopt, to: .supervisor(channel: channel))
+    }
+
+    /// Stops a child that is not the server (a standby): SIGKILL, reaped when it ends.
+    func stop(_ child: Child) {
+        kill(child.pid, SIGKILL)
+        standbyReady.remove(child.pid)
+        retire(child)
+        lingering.insert(child.pid)
+    }
+
+    func dropStandby() {
+        if let waiting = standby { discard(waiting) }
+        standby = nil
+    }
+
+    /// A standby given up: reaped if it ended, else stopped.
+    func discard(_ child: Child) {
+        if exits.removeValue(forKey: child.pid) != nil {
+            standbyReady.remove(child.pid)
+            retire(child)
+        } else {
+            stop(child)
         }
     }
 
@@ -329,9 +419,33 @@ final class Supervisor {
             return "error: \(name) does not run (--version: \(Self.describe(checked)))"
         }
         if terminating { return "error: the supervisor is stopping" }
-        // 2. The old server stops reading, answers what it read, stores its state, exits.
+        // 2. The new binary starts as a standby, while the old server still serves. If it
+        // does not get ready, the takeover is tried the cold way below (and reported).
+        var prepared: Child?
+        if limits.standby, let waiting = spawnServer(binary: newBinary, first: false, standby: true) {
+            upgradeStandby = waiting
+            pump(
+                until: {
+                    self.standbyReady.contains(waiting.pid) || self.exits[waiting.pid] != nil || self.terminating
+                },
+                seconds: limits.serving)
+            if standbyReady.contains(waiting.pid), exits[waiting.pid] == nil {
+                prepared = waiting
+                dropStandby()
+            } else {
+                upgradeStandby = nil
+                discard(waiting)
+            }
+        }
+        if terminating {
+            if let prepared { discard(prepared) }
+            upgradeStandby = nil
+            return "error: the supervisor is stopping"
+        }
+        // 3. The old server stops reading, answers what it read, stores its state, exits.
         guard let old = server else { return "error: no server is running" }
         handingOver = true
+        TakeoverTrace.mark("usr2")
         kill(old.pid, SIGUSR2)
         pump(until: { self.exits[old.pid] != nil }, seconds: limits.handover)
         if exits[old.pid] == nil {
@@ -344,10 +458,24 @@ final class Supervisor {
         server = nil
         handingOver = false
         stopping = false
-        if terminating { return "error: the supervisor is stopping" }
-        // 3. The new binary takes over; if it does not, the previous binary is started again
-        // and the answer says whether it serves.
-        guard let next = spawnServer(binary: newBinary, first: false) else {
+        upgradeStandby = nil
+        if terminating {
+            if let prepared { discard(prepared) }
+            return "error: the supervisor is stopping"
+        }
+        // 4. The new binary takes over (its standby, else started now); if it does not, the
+        // previous binary is started again and the answer says whether it serves.
+        var taking: Child?
+        if let prepared {
+            if exits[prepared.pid] == nil, send(store: prepared) {
+                TakeoverTrace.mark("adopt-sent")
+                standbyReady.remove(prepared.pid)
+                taking = prepared
+            } else {
+                discard(prepared)
+            }
+        }
+        guard let next = taking ?? spawnServer(binary: newBinary, first: false) else {
             return restartPrevious(after: "\(name) did not start: \(MountPoint.describe(errno))")
         }
         server = next
@@ -417,7 +545,7 @@ final class Supervisor {
         if control >= 0 { polls.append(pollfd(fd: control, events: Int16(POLLIN), revents: 0)) }
         let channelList = Array(channels)
         for (_, fd) in channelList { polls.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
-        let children = [server, candidate].compactMap { $0 }
+        let children = [server, candidate, standby, upgradeStandby].compactMap { $0 }
         for child in children { polls.append(pollfd(fd: child.pidfd, events: Int16(POLLIN), revents: 0)) }
         // While a child lives, look at it now and then: a main thread that died is not
         // reported by its pidfd while another of its threads is held in the kernel.
@@ -442,6 +570,7 @@ final class Supervisor {
         for child in children {
             var status: Int32 = 0
             if waitpid(child.pid, &status, WNOHANG) == child.pid {
+                if child.pid == server?.pid { TakeoverTrace.mark("death-seen") }
                 drain(child.pid)
                 exits[child.pid] = status
                 leaderGone[child.pid] = nil
@@ -522,6 +651,15 @@ final class Supervisor {
         // From this process's own server: closing what it sent cannot be made to wait.
         defer { unused.forEach { close($0) } }
         if trimAt == nil { trimAt = Self.now() + 1 }
+        if pid != server?.pid, pid == standby?.pid || pid == upgradeStandby?.pid {
+            // A standby stores nothing and says nothing else until it has adopted.
+            if StoreProtocol.Message.parse(message).contains(.standby) {
+                standbyReady.insert(pid)
+                standbyFailures = 0
+                log("a standby is ready (pid \(pid))")
+            }
+            return
+        }
         for part in StoreProtocol.Message.parse(message) {
             switch part {
             case .remove(let name):
@@ -540,8 +678,10 @@ final class Supervisor {
             case .stopping:
                 if !handingOver { stopping = true }
             case .serving:
+                TakeoverTrace.mark("serving-seen")
                 serving.insert(pid)
-            case .ready, .status:
+                standbyFailures = 0
+            case .ready, .status, .standby, .adopt:
                 continue
             }
         }
@@ -605,7 +745,7 @@ final class Supervisor {
     /// Starts a server from the binary open at `binary`: its private channel at fd 3, the
     /// arguments at 4, the binary at 5, the first server's readiness pipe at 6, the store's
     /// descriptors from 7 (``StoreProtocol/Supervised``). Its argv names the mount only.
-    func spawnServer(binary: Int32, first: Bool) -> Child? {
+    func spawnServer(binary: Int32, first: Bool, standby: Bool = false) -> Child? {
         let layout = StoreProtocol.Supervised.self
         var pair: [Int32] = [-1, -1]
         guard credfs_channel_pair(&pair) == 0 else { return nil }
@@ -613,10 +753,12 @@ final class Supervisor {
         _ = fcntl(pair[0], F_SETFL, O_NONBLOCK)
         var descriptors = [(child: layout.channel, parent: pair[1]), (layout.arguments, argumentsFd)]
         if first, readyFd >= 0 { descriptors.append((layout.ready, readyFd)) }
-        for (index, entry) in store.enumerated() { descriptors.append((layout.firstStored + Int32(index), entry.fd)) }
+        // A standby gets the store later, over its channel (``adoptByStandby()``).
+        let given = first || standby ? [] : store
+        for (index, entry) in given.enumerated() { descriptors.append((layout.firstStored + Int32(index), entry.fd)) }
         let environment = [
-            layout.variable: first ? "first" : "successor",
-            layout.namesVariable: first ? "" : store.map(\.name).joined(separator: ":"),
+            layout.variable: first ? "first" : standby ? "standby" : "successor",
+            layout.namesVariable: given.map(\.name).joined(separator: ":"),
         ]
         guard
             let child = spawn(
@@ -627,6 +769,7 @@ final class Supervisor {
             return nil
         }
         channels[child.pid] = pair[0]
+        TakeoverTrace.mark("spawned")
         return child
     }
 

@@ -27,8 +27,6 @@ enum SystemdRestart {
         }
     }
 
-    static func isRestarting() -> Bool { check().restarting }
-
     /// The service unit a `/proc/self/cgroup` text names (cgroup v2's `0::` line, or v1's
     /// `name=systemd` hierarchy): its last path component ending in `.service`.
     static func unitName(cgroup: String) -> String? {

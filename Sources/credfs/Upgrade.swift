@@ -177,9 +177,9 @@ enum ControlSocket {
         }
         guard sent == 0 else { throw Failure(message: "cannot send the request: \(MountPoint.describe(errno))") }
         var poller = pollfd(fd: connection, events: Int16(POLLIN), revents: 0)
-        let deadline = Supervisor.now() + 60
+        let deadline = ContinuousClock.now + .seconds(60)
         var buffer = [UInt8](repeating: 0, count: 1024)
-        while Supervisor.now() < deadline {
+        while ContinuousClock.now < deadline {
             let ready = poll(&poller, 1, 1000)
             if ready < 0, errno != EINTR { break }
             if ready <= 0 { continue }

@@ -6,7 +6,7 @@ import Testing
 
 /// The supervisor's own rules (docs/hitless.md, "The supervisor", "credfs upgrade", "Crash
 /// loops"), each with a real mount. Its deadlines are shortened for the test through
-/// `CREDFS_SUPERVISOR_TEST` (version, handover, serving), which also copies its log lines to
+/// `CREDFS_SUPERVISOR_TEST` (version, handover, serving, standby), which also copies its log lines to
 /// a file the test reads.
 @Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(5)))
 struct SupervisorRuleTests {
@@ -153,11 +153,46 @@ struct SupervisorRuleTests {
         #expect(restarts >= 2)
     }
 
+    /// The standby (docs/hitless.md, "The standby"): once the server serves, a second process
+    /// waits, holding nothing of the mount; a kill -9 is taken over by it, and another
+    /// standby follows. An upgrade starts the new binary as the standby first.
+    @Test func theStandbyTakesOverAndAnotherFollows() throws {
+        let setup = try Setup()
+        defer { setup.stop() }
+        func readyStandbys() -> [pid_t] {
+            setup.logText.split(separator: "\n").compactMap { line in
+                guard let at = line.range(of: "a standby is ready (pid ") else { return nil }
+                return pid_t(line[at.upperBound...].prefix { $0.isNumber })
+            }
+        }
+        let first = try setup.mount.serverPID()
+        try waitUntil("a ready standby", timeout: 20) { !readyStandbys().isEmpty }
+        let standby = try #require(readyStandbys().last)
+        #expect(standby != first)
+        // It holds no part of the mount: no /dev/fuse descriptor.
+        let held = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(standby)/fd")) ?? []
+        #expect(
+            !held.contains {
+                (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(standby)/fd/\($0)"))
+                    == "/dev/fuse"
+            })
+        kill(first, SIGKILL)
+        try waitUntil("the standby serves", timeout: 10) { (try? setup.mount.serverPID()) == standby }
+        #expect(try setup.mount.status()["restarts"] as? Int == 1)
+        #expect(setup.logText.contains("its standby takes over now"))
+        try waitUntil("another standby", timeout: 20) { readyStandbys().count >= 2 }
+        let upgraded = try setup.upgrade(to: Binary.credfs)
+        #expect(upgraded.status == 0, "\(upgraded.stderr)")
+        #expect(try setup.mount.status()["restarts"] as? Int == 2)
+        #expect(readyStandbys().count >= 3)
+    }
+
     /// Successors that die before they serve are started again with a growing pause (0.2 s
     /// doubling after three); a server killed while serving is replaced at once, however many
     /// crashes came before ("never served", not "lived briefly").
     @Test func crashLoopBacksOffButAServingServerIsReplacedAtOnce() throws {
-        let setup = try Setup()
+        // Cold successors only: a standby, started before the binary broke, would serve.
+        let setup = try Setup(limits: "standby=0")
         defer { setup.stop() }
         let broken = setup.dir.path + "/broken"
         let starts = setup.dir.path + "/starts"
@@ -226,7 +261,9 @@ struct SupervisorRuleTests {
     @Test func aZombieMainThreadLeadsToASuccessor() throws {
         let flag = NSTemporaryDirectory() + "credfs-zombie-\(getpid())-flag"
         let pids = NSTemporaryDirectory() + "credfs-zombie-\(getpid())-pids"
-        let setup = try Setup(environment: ["ZOMBIE_FLAG": flag, "ZOMBIE_REAL": Binary.credfs, "ZOMBIE_PIDS": pids])
+        // Cold successors only: a standby, started before the flag, would serve.
+        let setup = try Setup(
+            limits: "standby=0", environment: ["ZOMBIE_FLAG": flag, "ZOMBIE_REAL": Binary.credfs, "ZOMBIE_PIDS": pids])
         defer { setup.stop() }
         let source = setup.dir.path + "/zombie.c"
         let program = setup.dir.path + "/zombie"
