@@ -3,7 +3,7 @@ import Foundation
 import Testing
 
 /// The expected `credentials` bytes for a fake generation, written out by hand from the
-/// SPEC layout (not by the renderer under test).
+/// contract's layout (docs/contract.md, "Files"), not by the renderer under test.
 func expectedCredentialsFile(generation g: Int, expiration: String) -> String {
     "{\n\t\"AccessKeyId\": \"\(FakeCredentialServer.accessKeyId(g))\",\n"
         + "\t\"AccessKeySecret\": \"\(FakeCredentialServer.secret(g))\",\n"
