@@ -41,7 +41,7 @@ import Testing
     }
 
     @Test func aHealthyMountIsAllWell() async throws {
-        let (server, daemon) = try await healthyMount(["--allow-other", "--uid", "65534"])
+        let (_, daemon) = try await healthyMount(["--allow-other", "--uid", "65534"])
         defer { daemon.stop() }
         let result = try doctor(daemon.mountpoint, ["--user", "nobody"])
         print("doctor, healthy mount:\n\(result.stdout)")
@@ -88,7 +88,7 @@ import Testing
     }
 
     @Test func accessKeyVariablesAreNamedNeverShown() async throws {
-        let (server, daemon) = try await healthyMount()
+        let (_, daemon) = try await healthyMount()
         defer { daemon.stop() }
         var environment = Self.cleanEnvironment
         environment["ALIBABA_CLOUD_ACCESS_KEY_ID"] = "LTAI5tDoctorMustNotPrintThis"
@@ -145,7 +145,7 @@ import Testing
     }
 
     @Test func userWhoCannotRead() async throws {
-        let (server, daemon) = try await healthyMount()
+        let (_, daemon) = try await healthyMount()
         defer { daemon.stop() }
         // Mounted by root without allow_other: nobody cannot even enter.
         var result = try doctor(daemon.mountpoint, ["--user", "nobody"])
@@ -156,7 +156,7 @@ import Testing
     }
 
     @Test func userWhoCannotReadTheSecretFiles() async throws {
-        let (server, daemon) = try await healthyMount(["--allow-other"])
+        let (_, daemon) = try await healthyMount(["--allow-other"])
         defer { daemon.stop() }
         let result = try doctor(daemon.mountpoint, ["--user", "nobody"])
         #expect(result.status == 1)
