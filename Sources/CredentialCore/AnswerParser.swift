@@ -1,6 +1,6 @@
 import FoundationEssentials
 
-/// Validates upstream answers (SPEC section 3, last paragraph) and turns them into
+/// Validates upstream answers (docs/contract.md, "Providers", last paragraph) and turns them into
 /// ``Credentials``. Every rejection is a ``CredentialError`` with one line that names
 /// what was wrong and never quotes a secret.
 public enum AnswerParser {
@@ -112,8 +112,8 @@ public enum AnswerParser {
     /// Whether `byte` may appear in a credential value: printable ASCII without space.
     @inlinable public static func isValueByte(_ byte: UInt8) -> Bool { byte >= 0x21 && byte <= 0x7E }
 
-    /// AccessKeyId, AccessKeySecret and SecurityToken hold only bytes 0x21–0x7E (SPEC
-    /// section 8): no CR, LF, NUL, space, control byte or non-ASCII, so every view (env,
+    /// AccessKeyId, AccessKeySecret and SecurityToken hold only bytes 0x21–0x7E
+    /// (docs/security.md, "Answers"): no CR, LF, NUL, space, control byte or non-ASCII, so every view (env,
     /// JSON, HTTP) carries them unchanged and no reader can be tricked by a line break.
     /// The error names the field, never the value (nor where in it the byte was).
     static func checkValue(_ value: String, field: String) throws(CredentialError) {

@@ -2,7 +2,7 @@ import FoundationEssentials
 import Posix
 import Synchronization
 
-/// The files credfs shows, by name (SPEC section 1): the one list every part iterates.
+/// The files credfs shows, by name (docs/contract.md, "Files"): the one list every part iterates.
 public enum CredentialView: String, CaseIterable, Sendable {
     case credentials
     case accessKeyId = "access_key_id"
@@ -17,7 +17,8 @@ public enum CredentialView: String, CaseIterable, Sendable {
     public var isSecret: Bool { self != .expiration && self != .status }
 
     /// The one-field views, which a reader combines across several opens: these are
-    /// pinned to one generation per process group (SPEC section 2 item 4).
+    /// pinned to one generation per process group (docs/contract.md, "What a reader may
+    /// rely on": fields stay together).
     public var isField: Bool { [.accessKeyId, .accessKeySecret, .token, .expiration].contains(self) }
 
     /// Reading this view starts a pin: the secret fields. `expiration` is world-readable,
@@ -50,14 +51,13 @@ public struct RenderedGeneration: Sendable {
 }
 
 /// Serves the views from the refresher's cache. Never touches the network and never
-/// waits. Knows nothing of FUSE.
+/// waits. Knows nothing of FUSE. Reads the refresher's clock.
 public final class CredentialViewSource: Sendable {
     let refresher: Refresher
     let initialWait: Duration
     let mountedAt: Date
     let version: String
     let region: String
-    let clock: any RefreshClock
     private let current = Mutex<RenderedGeneration?>(nil)
     private let servingFacts = Hook<@Sendable () -> ServingFacts>()
     /// Process group → the generation its field reads are pinned to.
@@ -65,15 +65,13 @@ public final class CredentialViewSource: Sendable {
 
     public init(
         refresher: Refresher, initialWait: TimeInterval, mountedAt: Date, version: String,
-        region: String = "cn-hangzhou", clock: any RefreshClock = SystemRefreshClock(),
-        pins: GenerationPins = GenerationPins()
+        region: String = "cn-hangzhou", pins: GenerationPins = GenerationPins()
     ) {
         self.refresher = refresher
         self.initialWait = .milliseconds(Int64(min(max(initialWait, 0), 86_400) * 1000))
         self.mountedAt = mountedAt
         self.version = version
         self.region = region
-        self.clock = clock
         self.pins = pins
     }
 
@@ -147,19 +145,22 @@ public final class CredentialViewSource: Sendable {
         refresher.hasPublished ? .unavailable : .pending(timeout: initialWait)
     }
 
+    /// The refresher's facts now, with the serving facts the executable reports.
     public func status() -> StatusSnapshot {
         var snapshot = refresher.status(mountedAt: mountedAt, version: version)
         snapshot.serving = servingFacts.function?()
         return snapshot
     }
 
-    /// Where `status` learns how reads are served (set once the mount exists).
+    /// Where `status` learns about the process serving the mount and how it serves reads:
+    /// `facts` is called at each `status` read (and metrics scrape) and returns plain values
+    /// (the core knows no FUSE and no process). Set once the mount exists.
     public func reportServing(_ facts: @escaping @Sendable () -> ServingFacts) {
         servingFacts.set(facts)
     }
 
     func statusContent() -> ViewContent {
-        .bytes(Render.statusFile(status()), mtime: clock.now())
+        .bytes(Render.statusFile(status()), mtime: refresher.clock.now())
     }
 
     func content(_ view: CredentialView, of generation: RenderedGeneration) -> ViewContent {

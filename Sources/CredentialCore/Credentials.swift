@@ -61,7 +61,7 @@ public struct CredentialError: Error, Sendable, Equatable, CustomStringConvertib
 /// UTC timestamps in the one format credfs writes: `2024-05-21T10:39:29Z`.
 ///
 /// Every instant credfs accepts from outside lies in ``earliest``...``latest``
-/// (1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z, SPEC section 8): ``parse(_:)`` and
+/// (1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z, docs/security.md, "Answers"): ``parse(_:)`` and
 /// ``epoch(_:)`` return nil for anything else, and ``format(_:)`` is total (it clamps to
 /// that range, so no Date, however odd, can trap it).
 public enum Timestamp {

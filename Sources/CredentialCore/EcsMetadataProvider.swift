@@ -2,8 +2,8 @@ import FoundationEssentials
 import Logging
 import Synchronization
 
-/// `ecs-ram-role`: the RAM role of an ECS instance, from its metadata service (SPEC
-/// section 3), with the metadata service's own 1 s connect / 1 s read timeouts.
+/// `ecs-ram-role`: the RAM role of an ECS instance, from its metadata service
+/// (docs/contract.md, "Providers"), with the metadata service's own 1 s connect / 1 s read timeouts.
 ///
 /// Once the metadata token and the role name are known, a refresh is one GET:
 /// - the IMDSv2 token (`PUT /latest/api/token`) is kept and sent until
@@ -44,7 +44,7 @@ public final class EcsMetadataProvider: CredentialProvider {
     public init(
         endpoint: String = "http://100.100.100.200", role: String? = nil, imdsV1Disabled: Bool = false,
         http: HTTPFetcher = HTTPFetcher(timeouts: .metadata, proxy: .never),
-        clock: any RefreshClock = SystemRefreshClock(),
+        clock: any RefreshClock,
         logger: Logger = Logger(label: "credfs.ecs-ram-role")
     ) {
         var base = endpoint

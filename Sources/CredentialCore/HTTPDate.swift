@@ -104,7 +104,7 @@ public final class ServerClockProbe: Sendable {
     /// The refresher's clock: the local time an answer arrived at.
     let clock: any RefreshClock
 
-    public init(clock: any RefreshClock = SystemRefreshClock()) { self.clock = clock }
+    public init(clock: any RefreshClock) { self.clock = clock }
 
     public func record(serverDate: Date, localNow: Date) {
         last.withLock { $0 = (serverDate, localNow) }

@@ -1,6 +1,7 @@
 import CCurl
 import FoundationEssentials
 import Glibc
+import Posix
 
 /// A small GET/PUT/POST helper over libcurl with per-source timeouts and a body limit.
 ///
@@ -132,7 +133,6 @@ final class Transfer: @unchecked Sendable {
     var body: [UInt8] = []
     var tooLong = false
     var date: Date?
-    var continuation: CheckedContinuation<Outcome, Never>?
     // The read timeout's state (the transfer's thread only).
     var handle: UnsafeMutableRawPointer?
     var readLimit: Duration = .zero
@@ -152,30 +152,13 @@ final class Transfer: @unchecked Sendable {
         self.proxy = proxy
     }
 
-    /// Runs ``perform()`` on a new detached thread and resumes when it is done.
+    /// Runs ``perform()`` on a thread of its own (libcurl blocks) and resumes when it is done.
     func runOnOwnThread() async -> Outcome {
         await withCheckedContinuation { (continuation: CheckedContinuation<Outcome, Never>) in
-            self.continuation = continuation
-            let context = Unmanaged.passRetained(self).toOpaque()
-            var thread = pthread_t()
-            let started = pthread_create(
-                &thread, nil,
-                { context in
-                    guard let context else { return nil }
-                    let transfer = Unmanaged<Transfer>.fromOpaque(context).takeRetainedValue()
-                    let outcome = transfer.perform()
-                    let continuation = transfer.continuation
-                    transfer.continuation = nil
-                    continuation?.resume(returning: outcome)
-                    return nil
-                }, context)
-            if started == 0 {
-                pthread_detach(thread)
-            } else {
-                Unmanaged<Transfer>.fromOpaque(context).release()
-                self.continuation = nil
-                continuation.resume(returning: .failure("cannot start a thread: \(String(cString: strerror(started)))"))
+            let started = startThread(name: "credfs-http") { [self] in
+                continuation.resume(returning: perform())
             }
+            if !started { continuation.resume(returning: .failure("cannot start a thread")) }
         }
     }
 

@@ -65,7 +65,7 @@ extension Render {
         family("credfs_pinned_groups", "gauge", "Process groups with a pinned field-file generation.")
         sample("credfs_pinned_groups", [], String(pinnedGroups))
         family("credfs_restarts_total", "counter", "Daemon restarts under this mount (takeovers).")
-        sample("credfs_restarts_total", [], String(s.restarts))
+        sample("credfs_restarts_total", [], String(s.serving?.restarts ?? 0))
         if let skew = s.clockSkewSeconds {
             family(
                 "credfs_clock_skew_seconds", "gauge",

@@ -27,7 +27,7 @@ public struct OIDCProvider: CredentialProvider {
         roleArn: String, oidcProviderArn: String, tokenFile: String, sessionName: String? = nil,
         durationSeconds: Int = OIDCProvider.defaultDuration, policy: String? = nil, endpoint: String,
         http: HTTPFetcher = HTTPFetcher(timeouts: .standard),
-        clock: any RefreshClock = SystemRefreshClock()
+        clock: any RefreshClock
     ) {
         self.roleArn = roleArn
         self.oidcProviderArn = oidcProviderArn

@@ -15,7 +15,7 @@ public struct ProcessProvider: CredentialProvider {
     let timeout: TimeInterval
     let clock: any RefreshClock
 
-    public init(argv: [String], timeout: TimeInterval = 60, clock: any RefreshClock = SystemRefreshClock()) {
+    public init(argv: [String], timeout: TimeInterval = 60, clock: any RefreshClock) {
         self.argv = argv
         self.timeout = timeout
         self.clock = clock

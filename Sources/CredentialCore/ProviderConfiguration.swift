@@ -188,7 +188,7 @@ public struct ProviderConfiguration: Sendable {
     public func makeProvider(
         http: HTTPFetcher = HTTPFetcher(timeouts: .standard),
         metadataHTTP: HTTPFetcher = HTTPFetcher(timeouts: .metadata, proxy: .never),
-        clock: any RefreshClock = SystemRefreshClock()
+        clock: any RefreshClock
     ) -> any CredentialProvider {
         Self.provider(setting, environment: environment, http: http, metadataHTTP: metadataHTTP, clock: clock)
     }

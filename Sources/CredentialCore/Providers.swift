@@ -2,7 +2,7 @@ import FoundationEssentials
 import Logging
 import Synchronization
 
-/// `uri`: GET a credentials URI (SPEC section 3), 5 s connect / 10 s read.
+/// `uri`: GET a credentials URI (docs/contract.md, "Providers"), 5 s connect / 10 s read.
 public struct URIProvider: CredentialProvider {
     public let name = "uri"
     let url: String
@@ -11,7 +11,7 @@ public struct URIProvider: CredentialProvider {
 
     public init(
         url: String, http: HTTPFetcher = HTTPFetcher(timeouts: .standard),
-        clock: any RefreshClock = SystemRefreshClock()
+        clock: any RefreshClock
     ) {
         self.url = url
         self.http = http
@@ -32,13 +32,13 @@ public struct EnvironmentProvider: CredentialProvider {
     let clock: any RefreshClock
 
     public init(
-        _ environment: ProviderEnvironment = ProviderEnvironment(), clock: any RefreshClock = SystemRefreshClock()
+        _ environment: ProviderEnvironment = ProviderEnvironment(), clock: any RefreshClock
     ) {
         self.environment = environment
         self.clock = clock
     }
 
-    public init(environment: [String: String], clock: any RefreshClock = SystemRefreshClock()) {
+    public init(environment: [String: String], clock: any RefreshClock) {
         self.init(ProviderEnvironment(environment), clock: clock)
     }
 
@@ -58,7 +58,7 @@ public struct DemoProvider: CredentialProvider {
     let lifetime: Int
     let clock: any RefreshClock
 
-    public init(lifetime: Int, clock: any RefreshClock = SystemRefreshClock()) {
+    public init(lifetime: Int, clock: any RefreshClock) {
         self.lifetime = lifetime
         self.clock = clock
     }
@@ -77,7 +77,7 @@ public struct DemoProvider: CredentialProvider {
     }
 }
 
-/// `auto`: the SDKs' default-chain order (SPEC section 3): environment variables, OIDC
+/// `auto`: the SDKs' default-chain order (docs/contract.md, "Providers"): environment variables, OIDC
 /// (when its three variables are set), the ECS metadata service (unless
 /// `ALIBABA_CLOUD_ECS_METADATA_DISABLED=true`), then the credentials URI (when set).
 ///
@@ -106,7 +106,7 @@ public final class AutoProvider: CredentialProvider {
         chain: AutoChain, environment: ProviderEnvironment,
         http: HTTPFetcher = HTTPFetcher(timeouts: .standard),
         metadataHTTP: HTTPFetcher = HTTPFetcher(timeouts: .metadata, proxy: .never),
-        clock: any RefreshClock = SystemRefreshClock(),
+        clock: any RefreshClock,
         logger: Logger = Logger(label: "credfs.auto")
     ) {
         self.environment = environment
@@ -134,7 +134,7 @@ public final class AutoProvider: CredentialProvider {
         stsEndpoint: String? = nil,
         http: HTTPFetcher = HTTPFetcher(timeouts: .standard),
         metadataHTTP: HTTPFetcher = HTTPFetcher(timeouts: .metadata, proxy: .never),
-        clock: any RefreshClock = SystemRefreshClock(),
+        clock: any RefreshClock,
         logger: Logger = Logger(label: "credfs.auto")
     ) {
         let environment = ProviderEnvironment(environment)

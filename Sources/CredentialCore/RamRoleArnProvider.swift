@@ -35,7 +35,7 @@ public final class RamRoleArnProvider: CredentialProvider {
         durationSeconds: Int = RamRoleArnProvider.defaultDuration, externalId: String? = nil,
         policy: String? = nil, endpoint: String, http: HTTPFetcher = HTTPFetcher(timeouts: .standard),
         logger: Logger = Logger(label: "credfs.source"),
-        clock: any RefreshClock = SystemRefreshClock(),
+        clock: any RefreshClock,
         nonce: @escaping @Sendable () -> String = { UUID().uuidString }
     ) {
         var sourceLogger = logger

@@ -1,7 +1,7 @@
 import FoundationEssentials
-import Glibc
+import Glibc  // pow
 
-/// The states of SPEC section 5.
+/// The states `status` shows (docs/contract.md, "`status`").
 public enum RefreshState: String, Sendable {
     /// No credentials yet.
     case pending
@@ -15,7 +15,7 @@ public enum RefreshState: String, Sendable {
     case expired
 }
 
-/// When to refresh, and how to back off (SPEC section 4). All times in seconds.
+/// When to refresh, and how to back off (docs/contract.md, "Refreshing"). All times in seconds.
 public struct RefreshPolicy: Sendable, Equatable {
     /// Refresh when this much lifetime is left; nil: min(15 min, lifetime / 3).
     public var refreshBefore: TimeInterval?
@@ -63,37 +63,94 @@ public struct Published: Sendable {
 ///
 /// The driver calls ``begin(at:)`` when ``nextRefresh`` is due (or on demand), then exactly
 /// one of ``succeeded(_:at:jitter:)`` or ``failed(_:at:jitter:)``.
+///
+/// Its state is three values, so combinations that cannot happen cannot be written: what is
+/// held (``held``: nothing, or a set with its schedule), the upstream request (``request``:
+/// one scheduled, or one in flight since an instant) and the health of the last answers
+/// (``health``: healthy, or failing with a count and an error). The other fields are counts
+/// and facts that only accumulate.
 public struct RefreshMachine: Sendable {
+    /// The set held and when to replace it.
+    public struct Held: Sendable {
+        public let published: Published
+        /// When the set should be replaced (prefetch point, with its jitter).
+        public let prefetchAt: Date
+        /// When it would be replaced on the steady schedule (10% jitter); an unchanged
+        /// answer before it waits for it rather than polling. nil for a carried set.
+        public let steadyPrefetchAt: Date?
+        /// The set was not fetched on the steady schedule (the first after start, a carried
+        /// one, one that repeated a spread set): the next new set's prefetch is spread.
+        var offSchedule: Bool
+    }
+
+    public enum Request: Sendable, Equatable {
+        /// No request in flight; the next one is due at this instant.
+        case scheduled(Date)
+        /// A request began at `since`; `scheduled` is the instant that was due (moved
+        /// earlier by ``requestNow(at:)``), which its outcome replaces.
+        case inFlight(since: Date, scheduled: Date)
+    }
+
+    public enum Health: Sendable, Equatable {
+        case healthy
+        /// The last `count` (at least 1) requests failed, the last with `lastError`.
+        case failing(count: Int, lastError: String)
+    }
+
     public let policy: RefreshPolicy
-    public private(set) var published: Published?
-    /// When the current set should be replaced (prefetch point, with its jitter).
-    public private(set) var prefetchAt: Date?
-    public private(set) var nextRefresh: Date
+    /// The set held; nil: none yet (and the first set is off schedule).
+    public private(set) var held: Held?
+    public private(set) var request: Request
+    public private(set) var health: Health = .healthy
+    /// When the last valid answer arrived.
     public private(set) var lastRefresh: Date?
-    public private(set) var consecutiveFailures = 0
-    public private(set) var lastError: String?
+    /// Upstream requests begun (carried over a takeover).
     public private(set) var upstreamRequests = 0
-    public private(set) var inFlight = false
-    /// When the current set would be replaced on the steady schedule (10% jitter); an
-    /// unchanged answer before it waits for it rather than polling.
-    public private(set) var steadyPrefetchAt: Date?
     /// Generations at or below this are never numbered again (a successor's floor,
     /// docs/hitless.md): the next new set is `max(generation, generationFloor) + 1`.
     public private(set) var generationFloor = 0
     /// The cloud's clock minus the local clock, from the last answer's HTTP `Date`
     /// (positive: the local clock is behind); nil until an upstream has told.
     public private(set) var clockSkew: TimeInterval?
-    /// The next set's prefetch is spread over a whole period (first set, or after failures).
-    var offSchedule = true
     /// How each finished upstream request ended, counted since start.
     public private(set) var results = RefreshResults()
     /// How long each finished upstream request took (begin to answer), in seconds.
     public private(set) var durations = DurationHistogram()
-    var beganAt: Date?
 
     public init(policy: RefreshPolicy, now: Date) {
         self.policy = policy
-        self.nextRefresh = now
+        self.request = .scheduled(now)
+    }
+
+    /// The set held, if any (even expired).
+    public var published: Published? { held?.published }
+
+    /// When the current set should be replaced (prefetch point, with its jitter).
+    public var prefetchAt: Date? { held?.prefetchAt }
+
+    /// When the current set would be replaced on the steady schedule.
+    public var steadyPrefetchAt: Date? { held?.steadyPrefetchAt }
+
+    /// When the next request is due (while one is in flight: the instant that was due).
+    public var nextRefresh: Date {
+        switch request {
+        case .scheduled(let at), .inFlight(_, let at): at
+        }
+    }
+
+    public var inFlight: Bool {
+        guard case .inFlight = request else { return false }
+        return true
+    }
+
+    public var consecutiveFailures: Int {
+        guard case .failing(let count, _) = health else { return 0 }
+        return count
+    }
+
+    public var lastError: String? {
+        guard case .failing(_, let error) = health else { return nil }
+        return error
     }
 
     /// The skew expiry and scheduling follow: the measured skew when the local clock is
@@ -121,7 +178,7 @@ public struct RefreshMachine: Sendable {
     public func state(at now: Date) -> RefreshState {
         guard let published else { return .pending }
         if !published.credentials.isValid(at: cloudTime(now)) { return .expired }
-        if consecutiveFailures > 0 { return .stale }
+        if case .failing = health { return .stale }
         return inFlight ? .refreshing : .fresh
     }
 
@@ -131,20 +188,30 @@ public struct RefreshMachine: Sendable {
         return published
     }
 
-    public func isDue(at now: Date) -> Bool { !inFlight && now >= nextRefresh }
+    public func isDue(at now: Date) -> Bool {
+        guard case .scheduled(let at) = request else { return false }
+        return now >= at
+    }
 
     /// Starts an upstream request. Returns false if one is already in flight (single-flight).
     public mutating func begin(at now: Date) -> Bool {
-        guard !inFlight else { return false }
-        inFlight = true
+        guard case .scheduled(let due) = request else { return false }
+        request = .inFlight(since: now, scheduled: due)
         upstreamRequests += 1
-        beganAt = now
         return true
     }
 
     /// Asks for a refresh as soon as possible (SIGHUP).
     public mutating func requestNow(at now: Date) {
-        nextRefresh = min(nextRefresh, now)
+        reschedule(min(nextRefresh, now))
+    }
+
+    /// Moves the due instant, in flight or not.
+    mutating func reschedule(_ due: Date) {
+        switch request {
+        case .scheduled: request = .scheduled(due)
+        case .inFlight(let since, _): request = .inFlight(since: since, scheduled: due)
+        }
     }
 
     public enum Outcome: Sendable, Equatable {
@@ -170,37 +237,37 @@ public struct RefreshMachine: Sendable {
             return .rejected(reason)
         }
         finish(at: now)
-        inFlight = false
-        let spread = offSchedule || consecutiveFailures > 0
-        consecutiveFailures = 0
-        lastError = nil
+        // Off schedule: the first set, or the first after failures.
+        let spread = (held?.offSchedule ?? true) || health != .healthy
+        health = .healthy
         lastRefresh = now
         // Expiry and schedule follow the cloud's clock when the local one is behind.
         let skew = effectiveSkew
         let cloudNow = now.addingTimeInterval(skew)
-        if let current = published, current.credentials == credentials {
+        if let current = held, current.published.credentials == credentials {
             // Same answer: back on the prefetch schedule if it has not come yet (the steady
             // one, when an early spread refresh found nothing new), otherwise poll until new
             // credentials come or these expire.
-            offSchedule = spread
+            held?.offSchedule = spread
             results.unchanged += 1
-            if let prefetchAt, now < prefetchAt {
-                nextRefresh = prefetchAt
-            } else if let steadyPrefetchAt, now < steadyPrefetchAt {
-                nextRefresh = steadyPrefetchAt
+            if now < current.prefetchAt {
+                request = .scheduled(current.prefetchAt)
+            } else if let steady = current.steadyPrefetchAt, now < steady {
+                request = .scheduled(steady)
             } else if let expiration = credentials.expiration {
                 let remaining = expiration.timeIntervalSince(cloudNow)
                 let delay = max(policy.unchangedPollMin, min(policy.unchangedPollMax, remaining / 10))
-                nextRefresh = now.addingTimeInterval(delay)
+                request = .scheduled(now.addingTimeInterval(delay))
             } else {
-                nextRefresh = .distantFuture
+                request = .scheduled(.distantFuture)
             }
             return .unchanged
         }
         let generation = max(published?.generation ?? 0, generationFloor) + 1
-        published = Published(credentials: credentials, generation: generation, fetchedAt: now)
-        offSchedule = false
+        let published = Published(credentials: credentials, generation: generation, fetchedAt: now)
         results.success += 1
+        var prefetchAt = Date.distantFuture
+        var steadyPrefetchAt = Date.distantFuture
         if let expiration = credentials.expiration {
             // Planned on the cloud's clock, then turned back into local time.
             let lifetime = expiration.timeIntervalSince(cloudNow)
@@ -219,11 +286,11 @@ public struct RefreshMachine: Sendable {
             }
             steadyPrefetchAt = steadyAt.addingTimeInterval(-skew)
             prefetchAt = planned.addingTimeInterval(-skew)
-        } else {
-            steadyPrefetchAt = .distantFuture
-            prefetchAt = .distantFuture
         }
-        nextRefresh = prefetchAt ?? .distantFuture
+        held = Held(
+            published: published, prefetchAt: prefetchAt, steadyPrefetchAt: steadyPrefetchAt,
+            offSchedule: false)
+        request = .scheduled(prefetchAt)
         return .rotated(generation: generation)
     }
 
@@ -240,9 +307,9 @@ public struct RefreshMachine: Sendable {
         clockSkew: TimeInterval? = nil
     ) {
         if let clockSkew, clockSkew.isFinite, abs(clockSkew) < 10 * 365 * 86_400 { self.clockSkew = clockSkew }
-        published = carried
         self.upstreamRequests = upstreamRequests
         self.lastRefresh = lastRefresh
+        var prefetchAt = Date.distantFuture
         if let expiration = carried.credentials.expiration {
             // The expiration is on the cloud's clock, `fetchedAt` on the local one.
             let skew = effectiveSkew
@@ -252,10 +319,10 @@ public struct RefreshMachine: Sendable {
             let planned = localExpiration.addingTimeInterval(-lead - jitter * policy.jitterFraction * lead)
             let earliest = carried.fetchedAt.addingTimeInterval(min(1, max(lifetime, 0) / 2))
             prefetchAt = max(planned, earliest)
-        } else {
-            prefetchAt = .distantFuture
         }
-        nextRefresh = max(prefetchAt ?? now, now)
+        // A carried set was not fetched on this process's schedule: the next one spreads.
+        held = Held(published: carried, prefetchAt: prefetchAt, steadyPrefetchAt: nil, offSchedule: true)
+        reschedule(max(prefetchAt, now))
     }
 
     /// Why an answer arriving at `now` is of no use, or nil: it has less than
@@ -292,15 +359,13 @@ public struct RefreshMachine: Sendable {
     public mutating func failed(_ error: String, at now: Date, jitter: Double) {
         finish(at: now)
         results.failure += 1
-        inFlight = false
-        consecutiveFailures += 1
-        lastError = error
-        nextRefresh = now.addingTimeInterval(retryDelay(jitter: jitter))
+        health = .failing(count: consecutiveFailures + 1, lastError: error)
+        request = .scheduled(now.addingTimeInterval(retryDelay(jitter: jitter)))
     }
 
+    /// Records the duration of the request in flight, if one is.
     mutating func finish(at now: Date) {
-        if inFlight, let beganAt { durations.observe(max(0, now.timeIntervalSince(beganAt))) }
-        beganAt = nil
+        if case .inFlight(let since, _) = request { durations.observe(max(0, now.timeIntervalSince(since))) }
     }
 
     /// The backoff ceiling after ``consecutiveFailures`` failures: 1, 2, 4 … 60 s.
@@ -315,7 +380,8 @@ public struct RefreshMachine: Sendable {
     }
 }
 
-/// What `status` shows: a copy of the refresher's facts at one instant, no secret in it.
+/// What `status` shows: a copy of the refresher's facts at one instant, no secret in it,
+/// and the serving process's facts as the executable supplied them.
 public struct StatusSnapshot: Sendable, Equatable {
     public var state: RefreshState
     public var provider: String
@@ -330,7 +396,9 @@ public struct StatusSnapshot: Sendable, Equatable {
     public var upstreamRequests: Int
     public var mountedAt: Date
     public var version: String
-    /// How the mount serves reads, when the caller knows (the daemon does).
+    /// The process serving the mount and how it serves reads, as the executable tells it
+    /// (``CredentialViewSource/reportServing(_:)``); nil: not told, and `status` shows none
+    /// of these fields.
     public var serving: ServingFacts?
     /// The cloud's clock minus the local clock in whole seconds; nil until measured.
     public var clockSkewSeconds: Int?
@@ -338,11 +406,6 @@ public struct StatusSnapshot: Sendable, Equatable {
     public var results: RefreshResults
     /// Upstream request durations (metrics).
     public var durations: DurationHistogram
-    /// The process serving the mount now, and how many took over since it was mounted.
-    public var pid: Int = Int(getpid())
-    public var restarts: Int = ServingProcess.restarts
-    /// What this process took over from its predecessor (``ServingProcess/carriedState``).
-    public var carriedState: String = ServingProcess.carriedState ?? "none"
 
     public init(
         machine: RefreshMachine, provider: String, mountedAt: Date, version: String, now: Date
@@ -356,8 +419,10 @@ public struct StatusSnapshot: Sendable, Equatable {
         let cloudNow = machine.cloudTime(now)
         secondsRemaining = expiration.map { max(0, Int(clamping: $0.timeIntervalSince(cloudNow), rounding: .down)) }
         lastRefresh = machine.lastRefresh
-        nextRefresh =
-            machine.inFlight || machine.nextRefresh == .distantFuture ? nil : machine.nextRefresh
+        switch machine.request {
+        case .inFlight: nextRefresh = nil
+        case .scheduled(let due): nextRefresh = due == .distantFuture ? nil : due
+        }
         consecutiveFailures = machine.consecutiveFailures
         lastError = machine.lastError
         upstreamRequests = machine.upstreamRequests
@@ -411,8 +476,17 @@ public struct DurationHistogram: Sendable, Equatable {
     }
 }
 
-/// Facts about how reads are served, from the FUSE side, for `status`.
+/// Facts about the process serving the mount and how it serves reads, for `status` and
+/// the metrics: plain values the executable supplies, so the core knows no FUSE and no
+/// process (``CredentialViewSource/reportServing(_:)``).
 public struct ServingFacts: Sendable, Equatable {
+    /// The process serving the mount now.
+    public var pid: Int
+    /// How many processes took over the mount since it was made (0 for the one that mounted).
+    public var restarts: Int
+    /// What this process took over from its predecessor (docs/hitless.md): `restored`,
+    /// `behind`, `missing`, `unreadable`, or `none` for the process that mounted.
+    public var carriedState: String
     /// `default`, or `kernel-cache` when opens never reach the daemon.
     public var mode: String
     /// Requests waiting for the first credentials now.
@@ -420,7 +494,12 @@ public struct ServingFacts: Sendable, Equatable {
     /// OPEN requests the daemon has answered since it started.
     public var openRequests: Int
 
-    public init(mode: String, parkedRequests: Int, openRequests: Int) {
+    public init(
+        pid: Int, restarts: Int, carriedState: String, mode: String, parkedRequests: Int, openRequests: Int
+    ) {
+        self.pid = pid
+        self.restarts = restarts
+        self.carriedState = carriedState
         self.mode = mode
         self.parkedRequests = parkedRequests
         self.openRequests = openRequests

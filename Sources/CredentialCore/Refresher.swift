@@ -26,16 +26,18 @@ extension CredentialProvider {
 }
 
 /// The one source of wall-clock time in credfs: the refresher, the providers (request
-/// timestamps, the instant an answer's Expiration is judged at), the view source, the
-/// credentials URI server and the mount's start all read it, and tests inject a virtual
-/// one. Wall time is only for what is compared with an Expiration (or shown as a date);
-/// intervals (timeouts, deadlines, backoff between restarts) use `ContinuousClock`.
+/// timestamps, the instant an answer's Expiration is judged at), the view source and the
+/// credentials URI server (through the refresher) and the mount's start all read it. The
+/// executable makes one and hands it down; nothing in the core has a default, and tests
+/// inject a virtual one. Wall time is only for what is compared with an Expiration (or
+/// shown as a date); intervals (timeouts, deadlines, backoff between restarts) use
+/// `ContinuousClock`.
 public protocol RefreshClock: Sendable {
     func now() -> Date
     func sleep(until deadline: Date) async throws
 }
 
-/// The wall clock: the only `Date()` in credfs.
+/// The wall clock: the only `Date()` in credfs, made by the executable's commands alone.
 public struct SystemRefreshClock: RefreshClock {
     public init() {}
     public func now() -> Date { Date() }
@@ -76,7 +78,7 @@ public final class Refresher: Sendable {
     public init(
         provider: any CredentialProvider,
         policy: RefreshPolicy = RefreshPolicy(),
-        clock: any RefreshClock = SystemRefreshClock(),
+        clock: any RefreshClock,
         random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) },
         logger: Logger = Logger(label: "credfs.refresher"),
         beforePublish: @escaping @Sendable (Published) -> Void = { _ in },

@@ -43,7 +43,10 @@ public enum Render {
         return out + "\""
     }
 
-    /// The `status` view: one JSON object, two-space indented, keys in SPEC order, no secret.
+    /// The `status` view: one JSON object, two-space indented, keys in the order of
+    /// docs/contract.md (`status`), no secret. The serving process's fields (`pid`,
+    /// `restarts`, `carriedState`; `mode`, `parkedRequests`, `openRequests`) appear when the
+    /// executable supplied them.
     public static func statusFile(_ s: StatusSnapshot) -> [UInt8] {
         func str(_ v: String?) -> String { v.map(jsonString) ?? "null" }
         func time(_ v: Date?) -> String { str(v.map(Timestamp.format)) }
@@ -61,12 +64,14 @@ public enum Render {
             ("lastError", str(s.lastError)),
             ("upstreamRequests", int(s.upstreamRequests)),
             ("mountedAt", time(s.mountedAt)),
-            ("pid", int(s.pid)),
-            ("restarts", int(s.restarts)),
-            ("carriedState", str(s.carriedState)),
-            ("version", str(s.version)),
-            ("clockSkewSeconds", int(s.clockSkewSeconds)),
         ]
+        if let serving = s.serving {
+            fields += [
+                ("pid", int(serving.pid)), ("restarts", int(serving.restarts)),
+                ("carriedState", str(serving.carriedState)),
+            ]
+        }
+        fields += [("version", str(s.version)), ("clockSkewSeconds", int(s.clockSkewSeconds))]
         if let serving = s.serving {
             fields += [
                 ("mode", str(serving.mode)), ("parkedRequests", int(serving.parkedRequests)),
@@ -78,8 +83,8 @@ public enum Render {
     }
 }
 
-/// The rendered bytes of every credential view of one generation, computed once when the
-/// generation is published so that opens and stats only copy them.
+/// The rendered bytes of every credential view of one generation, computed once (at the
+/// first read after the generation is published) so that later opens and stats only copy them.
 public struct CredentialViews: Sendable {
     public let credentials: [UInt8]
     public let accessKeyId: [UInt8]

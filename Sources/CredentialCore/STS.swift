@@ -7,7 +7,7 @@ import FoundationEssentials
 // `oidc-role-arn` (OIDCProvider.swift) and `ram-role-arn` (RamRoleArnProvider.swift) keep
 // only their own requests.
 
-/// Where STS is (SPEC section 3): `--sts-endpoint`, else
+/// Where STS is (docs/contract.md, "Command line", `--sts-endpoint`): the flag, else
 /// `sts[-vpc].<$ALIBABA_CLOUD_STS_REGION>.aliyuncs.com` (`-vpc` with
 /// `$ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED=true`), else `sts.aliyuncs.com`; HTTPS unless the
 /// endpoint flag names a scheme (tests use `http://127.0.0.1:PORT`).

@@ -128,25 +128,6 @@ public final class FuseFileSystem: Sendable {
             inode: inode, fileIndex: index, version: version, bytes: bytes, mtime: mtime, lookups: 0)
     }
 
-    /// The root's listing, with the inode a lookup of each name gives now, so `ls -i` and
-    /// `stat` agree.
-    func rootListing() -> [DirectoryEntry] {
-        var entries = [
-            DirectoryEntry(name: ".", inode: VirtualDirectory.rootInode, mode: S_IFDIR),
-            DirectoryEntry(name: "..", inode: VirtualDirectory.rootInode, mode: S_IFDIR),
-        ]
-        for (index, file) in tree.files.enumerated() {
-            var number = tree.inode(of: index)
-            switch file.peek() {
-            case .absent: continue
-            case .bytes(_, _, let version) where file.caching == .versioned:
-                number = VersionTable.inode(file: index, version: version) ?? number
-            default: break
-            }
-            entries.append(DirectoryEntry(name: file.name, inode: number, mode: S_IFREG))
-        }
-        return entries
-    }
     /// Requests waiting for content.
     public var parkedCount: Int { parking.count }
     /// What the kernel has asked so far.
@@ -167,10 +148,22 @@ public final class FuseFileSystem: Sendable {
         }
     }
 
-    public init(tree: VirtualDirectory, mountpoint: String, options: MountOptions = MountOptions()) {
+    /// Sends an answer to the kernel: ``FuseOps/reply(_:to:)``, or a test's recorder. False
+    /// when the kernel did not take it.
+    let send: @Sendable (Answer, fuse_req_t) -> Bool
+
+    public convenience init(tree: VirtualDirectory, mountpoint: String, options: MountOptions = MountOptions()) {
+        self.init(tree: tree, mountpoint: mountpoint, options: options, send: FuseOps.reply)
+    }
+
+    init(
+        tree: VirtualDirectory, mountpoint: String, options: MountOptions,
+        send: @escaping @Sendable (Answer, fuse_req_t) -> Bool
+    ) {
         self.tree = tree
         self.mountpoint = mountpoint
         self.options = options
+        self.send = send
     }
 
     deinit {
@@ -239,8 +232,7 @@ public final class FuseFileSystem: Sendable {
     }
 
     private func loopEnded() {
-        let parked = parking.stop()
-        if !state.withLock({ $0.handingOver }) { answerParked(parked, errno: EIO) }
+        endParking()
         let resume = state.withLock { s -> [CheckedContinuation<Void, Never>] in
             s.running = false
             if !s.detached, let se = s.session { fuse_session_unmount(se) }
@@ -249,6 +241,13 @@ public final class FuseFileSystem: Sendable {
             return s.waiters
         }
         resume.forEach { $0.resume() }
+    }
+
+    /// Stops parking at the loop's end: parked requests are answered EIO, unless the
+    /// process hands over (the successor's RESEND gives them to it).
+    func endParking() {
+        let parked = parking.stop()
+        if !state.withLock({ $0.handingOver }) { answerParked(parked, errno: EIO) }
     }
 
     /// Detaches the mount, then serves the files still held for at most `grace`: the kernel
@@ -327,71 +326,6 @@ public final class FuseFileSystem: Sendable {
     func count(_ update: (inout RequestCounts) -> Void) {
         counters.withLock { update(&$0) }
     }
-
-    // MARK: request handling (called by FuseOps on libfuse's worker threads)
-
-    func attributes(inode: UInt64) -> (stat, exists: Bool) {
-        var st = stat()
-        st.st_ino = UInt(truncatingIfNeeded: inode)
-        st.st_blksize = 4096
-        if inode == VirtualDirectory.rootInode {
-            st.st_mode = S_IFDIR | tree.permissions
-            st.st_nlink = 2
-            st.st_uid = tree.uid
-            st.st_gid = tree.gid
-            st.setTimes(tree.mtime)
-            return (st, true)
-        }
-        guard let file = tree.file(at: inode) else { return (st, false) }
-        st.st_mode = S_IFREG | file.permissions
-        st.st_nlink = 1
-        st.st_uid = file.uid
-        st.st_gid = file.gid
-        switch file.peek() {
-        case .absent:
-            return (st, false)
-        case .failure, .pending:
-            return (st, true)
-        case .bytes(let bytes, let mtime, _):
-            st.setContent(count: bytes.count, mtime: mtime)
-            return (st, true)
-        }
-    }
-
-    /// The attributes of a versioned inode: fixed for its life.
-    func attributes(of node: VersionTable.Node) -> stat {
-        let file = tree.files[node.fileIndex]
-        var st = stat()
-        st.st_ino = UInt(truncatingIfNeeded: node.inode)
-        st.st_blksize = 4096
-        st.st_mode = S_IFREG | file.permissions
-        st.st_nlink = 1
-        st.st_uid = file.uid
-        st.st_gid = file.gid
-        st.setContent(count: node.bytes.count, mtime: node.mtime)
-        return st
-    }
-
-    /// Answers a parked request again: its content may be there now, or its time is up.
-    func resume(_ entry: Parking.Entry) {
-        switch entry.kind {
-        case .open(let inode, var info, let caller):
-            FuseOps.answerOpen(
-                entry.request, fs: self, inode: inode, info: &info, caller: caller, deadline: entry.deadline)
-        case .lookup(let name, let caller):
-            FuseOps.answerLookup(entry.request, fs: self, name: name, caller: caller, deadline: entry.deadline)
-        }
-    }
-
-    func answerParked(_ entries: [Parking.Entry], errno code: Int32) {
-        for entry in entries { _ = fuse_reply_err(entry.request, code) }
-    }
-}
-
-struct DirectoryEntry: Sendable {
-    let name: String
-    let inode: UInt64
-    let mode: mode_t
 }
 
 extension stat {

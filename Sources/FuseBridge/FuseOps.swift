@@ -1,12 +1,14 @@
 import CFuse3
 import Glibc
 
-/// The low-level operations table. Each entry is a C function pointer that finds its
-/// ``FuseFileSystem`` through the request's userdata. These closures capture nothing and
-/// live outside `main.swift`, so libfuse's worker threads may call them.
+/// The thin layer between libfuse and the bridge: the low-level operations table, whose
+/// C functions take a request's values out of libfuse's buffers, ask ``FuseFileSystem`` for
+/// the ``Answer`` (FuseFileSystem+Answers.swift), and send it with ``reply(_:to:)``, the
+/// only caller of `fuse_reply_*`. No rule of the bridge lives here.
 ///
-/// Every value a request carries (offsets, sizes, handles, inode numbers, names) comes from
-/// a user who may be hostile: nothing here traps on one, and no handler waits.
+/// The closures capture nothing and live outside `main.swift`, so libfuse's worker threads
+/// may call them. Operations not in the table (writes, `setattr`, `mknod`, xattrs...) never
+/// reach the bridge: the mount is `ro`, and libfuse answers the rest ENOSYS.
 enum FuseOps {
     static let table: fuse_lowlevel_ops = {
         var ops = fuse_lowlevel_ops()
@@ -35,255 +37,104 @@ enum FuseOps {
         return Caller(pid: ctx.pid, uid: ctx.uid, gid: ctx.gid)
     }
 
-    /// Runs `body` with the request's file system, or answers EIO.
-    static func serve(_ req: fuse_req_t?, _ body: (fuse_req_t, FuseFileSystem) -> Void) {
+    /// A name's bytes up to its NUL, at most 4,096 of them (longer names match nothing).
+    static func name(_ name: UnsafePointer<CChar>?) -> [UInt8]? {
+        guard let name else { return nil }
+        return Array(UnsafeBufferPointer(start: name, count: strnlen(name, 4096))).map { UInt8(bitPattern: $0) }
+    }
+
+    /// Sends the answer `decide` gives for the request's file system, or EIO without one.
+    static func serve(_ req: fuse_req_t?, _ decide: (fuse_req_t, FuseFileSystem) -> Answer) {
         guard let req else { return }
         guard let fs = fs(req) else {
-            _ = fuse_reply_err(req, EIO)
+            _ = reply(.error(EIO), to: req)
             return
         }
-        body(req, fs)
+        fs.deliver(decide(req, fs), to: req)
+    }
+
+    /// Sends `answer` to the kernel. False when it did not take it (the request was
+    /// interrupted): the caller gives back what the answer held.
+    static func reply(_ answer: Answer, to req: fuse_req_t) -> Bool {
+        switch answer {
+        case .entry(let entry):
+            var param = fuse_entry_param()
+            param.ino = entry.inode
+            param.attr = entry.attr
+            param.attr_timeout = entry.attrTimeout
+            param.entry_timeout = entry.entryTimeout
+            return fuse_reply_entry(req, &param) == 0
+        case .attr(var st, let timeout):
+            return fuse_reply_attr(req, &st, timeout) == 0
+        case .open(let open):
+            var info = fuse_file_info()
+            info.fh = open.fh
+            info.direct_io = open.directIO ? 1 : 0
+            info.keep_cache = open.keepCache ? 1 : 0
+            return fuse_reply_open(req, &info) == 0
+        case .data(let bytes):
+            return bytes.withUnsafeBufferPointer { fuse_reply_buf(req, $0.baseAddress, $0.count) } == 0
+        case .directory(let entries):
+            return replyDirectory(entries, to: req)
+        case .statfs(var st):
+            return fuse_reply_statfs(req, &st) == 0
+        case .success:
+            return fuse_reply_err(req, 0) == 0
+        case .error(let code):
+            return fuse_reply_err(req, code) == 0
+        case .none:
+            fuse_reply_none(req)
+            return true
+        case .parked:
+            return true
+        }
+    }
+
+    /// Packs `entries` with `fuse_add_direntry` (each one's offset: its index + 1, where the
+    /// next READDIR resumes) and sends them.
+    static func replyDirectory(_ entries: ArraySlice<DirectoryEntry>, to req: fuse_req_t) -> Bool {
+        let capacity = entries.reduce(0) { $0 + $1.size }
+        guard capacity > 0 else { return fuse_reply_buf(req, nil, 0) == 0 }
+        var buffer = [CChar](repeating: 0, count: capacity)
+        return buffer.withUnsafeMutableBufferPointer { out -> Bool in
+            guard let base = out.baseAddress else { return fuse_reply_buf(req, nil, 0) == 0 }
+            var used = 0
+            for index in entries.indices {
+                let entry = entries[index]
+                var st = stat()
+                st.st_ino = UInt(truncatingIfNeeded: entry.inode)
+                st.st_mode = entry.mode
+                let needed = fuse_add_direntry(req, base + used, capacity - used, entry.name, &st, off_t(index + 1))
+                if needed > capacity - used { break }
+                used += needed
+            }
+            return fuse_reply_buf(req, base, used) == 0
+        }
     }
 
     static let initialize: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePointer<fuse_conn_info>?) -> Void = {
         userdata, conn in
         guard let userdata, let conn else { return }
         let fs = Unmanaged<FuseFileSystem>.fromOpaque(userdata).takeUnretainedValue()
-        // Lookups in the root run in parallel: without this the kernel serializes them, and
-        // one parked lookup would hold every other name in the directory.
-        let parallel = UInt32(FUSE_CAP_PARALLEL_DIROPS)
-        if conn.pointee.capable & parallel != 0 { conn.pointee.want |= parallel }
-        let noOpen = UInt32(FUSE_CAP_NO_OPEN_SUPPORT)
-        if fs.options.kernelCache, conn.pointee.capable & noOpen != 0 {
-            conn.pointee.want |= noOpen
-            fs.noOpen.store(true, ordering: .relaxed)
-        }
+        conn.pointee.want |= fs.wants(capable: conn.pointee.capable)
     }
 
     static let lookup: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafePointer<CChar>?) -> Void = {
         req, parent, name in
         serve(req) { req, fs in
-            fs.count { $0.lookup += 1 }
-            guard parent == VirtualDirectory.rootInode else {
-                _ = fuse_reply_err(req, ENOTDIR)
-                return
-            }
-            guard let name else {
-                _ = fuse_reply_err(req, ENOENT)
-                return
-            }
-            let bytes = Array(UnsafeBufferPointer(start: name, count: strnlen(name, 4096))).map {
-                UInt8(bitPattern: $0)
-            }
-            answerLookup(req, fs: fs, name: bytes, caller: caller(req), deadline: nil)
-        }
-    }
-
-    /// A lookup, first time or parked: the name's current inode, or a wait for content.
-    static func answerLookup(
-        _ req: fuse_req_t, fs: FuseFileSystem, name: [UInt8], caller: Caller, deadline: ContinuousClock.Instant?
-    ) {
-        guard let index = fs.tree.index(named: name) else {
-            _ = fuse_reply_err(req, ENOENT)
-            return
-        }
-        let file = fs.tree.files[index]
-        while true {
-            let epoch = fs.parking.epoch
-            switch file.lookup?(caller) ?? file.peek() {
-            case .absent:
-                _ = fuse_reply_err(req, ENOENT)
-                return
-            case .failure(let code) where fs.options.kernelCache:
-                // Without OPEN the lookup is the last chance to refuse.
-                _ = fuse_reply_err(req, code)
-                return
-            case .pending(let timeout):
-                let due = deadline ?? ContinuousClock.now.advanced(by: timeout)
-                let entry = Parking.Entry(request: req, deadline: due, kind: .lookup(name: name, caller: caller))
-                if park(entry, fs: fs, seen: epoch) { return }
-                continue
-            case .bytes(let bytes, let mtime, let version) where file.caching == .versioned && version != 0:
-                guard let node = fs.versions.lookUp(fileIndex: index, version: version, bytes: bytes, mtime: mtime)
-                else { break }
-                var entry = fuse_entry_param()
-                entry.ino = node.inode
-                entry.attr = fs.attributes(of: node)
-                let timeout = file.cacheTimeout(version: version)
-                entry.attr_timeout = timeout
-                entry.entry_timeout = file.lookup == nil ? timeout : 0
-                if fuse_reply_entry(req, &entry) != 0 {
-                    // The kernel did not take the reference.
-                    fs.versions.forget(node.inode, count: 1)
-                }
-                return
-            case .bytes where file.caching == .versioned && fs.opensBypassDaemon && fs.opensEnded:
-                // No OPEN will come to refuse it, and only versioned inodes can be read
-                // without one: nothing valid to serve.
-                _ = fuse_reply_err(req, EIO)
-                return
-            case .bytes, .failure:
-                break
-            }
-            let inode = fs.tree.inode(of: index)
-            let (st, exists) = fs.attributes(inode: inode)
-            guard exists else {
-                _ = fuse_reply_err(req, ENOENT)
-                return
-            }
-            var entry = fuse_entry_param()
-            entry.ino = inode
-            entry.attr = st
-            entry.attr_timeout = 0
-            entry.entry_timeout = 0
-            _ = fuse_reply_entry(req, &entry)
-            return
-        }
-    }
-
-    /// Parks `entry`, or answers it at once when its time is up or parking is full.
-    /// Returns false when the caller must look again (content may have arrived meanwhile).
-    static func park(_ entry: Parking.Entry, fs: FuseFileSystem, seen epoch: UInt64) -> Bool {
-        guard ContinuousClock.now < entry.deadline else {
-            _ = fuse_reply_err(entry.request, EIO)
-            return true
-        }
-        switch fs.parking.park(entry, seen: epoch) {
-        case .parked:
-            fs.count { $0.parked += 1 }
-            return true
-        case .refused:
-            _ = fuse_reply_err(entry.request, EIO)
-            return true
-        case .lookAgain:
-            return false
+            fs.lookup(parent: parent, name: FuseOps.name(name), caller: caller(req), request: req)
         }
     }
 
     static let getattr: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = {
         req, inode, _ in
-        serve(req) { req, fs in
-            fs.count { $0.getattr += 1 }
-            if inode >= VersionTable.firstInode {
-                guard let node = fs.versions.node(inode) ?? fs.currentNode(inode) else {
-                    // Another version than the file's current one, unknown here: the kernel
-                    // looks the name up again.
-                    _ = fuse_reply_err(req, ESTALE)
-                    return
-                }
-                var st = fs.attributes(of: node)
-                _ = fuse_reply_attr(req, &st, fs.tree.files[node.fileIndex].cacheTimeout(version: node.version))
-                return
-            }
-            var (st, exists) = fs.attributes(inode: inode)
-            guard exists else {
-                _ = fuse_reply_err(req, ENOENT)
-                return
-            }
-            // The root's attributes never change: every path walk need not ask again.
-            _ = fuse_reply_attr(
-                req, &st, inode == VirtualDirectory.rootInode ? FuseFileSystem.versionedTimeout : 0)
-        }
+        serve(req) { _, fs in fs.getattr(inode: inode) }
     }
 
     static let open: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = {
         req, inode, fi in
         serve(req) { req, fs in
-            fs.count { $0.open += 1 }
-            guard let fi else {
-                _ = fuse_reply_err(req, EINVAL)
-                return
-            }
-            if inode == VirtualDirectory.rootInode {
-                _ = fuse_reply_err(req, EISDIR)
-                return
-            }
-            guard fi.pointee.flags & O_ACCMODE == O_RDONLY, fi.pointee.flags & O_TRUNC == 0 else {
-                _ = fuse_reply_err(req, EROFS)
-                return
-            }
-            if fs.opensBypassDaemon, let node = fs.versions.node(inode),
-                case .bytes(_, _, let current) = fs.tree.files[node.fileIndex].peek(), current == node.version,
-                fs.everyFileVersioned
-            {
-                // FUSE_CAP_NO_OPEN_SUPPORT: this answer opens the file and tells the kernel to
-                // stop sending OPEN, for every file. Only once every file has versioned content:
-                // until then opens still come here and wait (parked) as in the default mode.
-                fs.opensEndedFlag.store(true, ordering: .relaxed)
-                _ = fuse_reply_err(req, ENOSYS)
-                return
-            }
-            var info = fi.pointee
-            answerOpen(req, fs: fs, inode: inode, info: &info, caller: caller(req), deadline: nil)
-        }
-    }
-
-    /// An open, first time or parked. A versioned inode opens only while its version is the
-    /// file's current one (or the reader's pinned one); an old version's inode is ESTALE,
-    /// which makes the kernel look the name up again.
-    static func answerOpen(
-        _ req: fuse_req_t, fs: FuseFileSystem, inode: UInt64, info: inout fuse_file_info, caller: Caller,
-        deadline: ContinuousClock.Instant?
-    ) {
-        // A current-version inode a predecessor gave out after its last state push is known by
-        // its number alone (numbers are computed from file and version).
-        let node = inode >= VersionTable.firstInode ? fs.versions.node(inode) ?? fs.currentNode(inode) : nil
-        let index = node?.fileIndex ?? fs.tree.fileIndex(at: inode)
-        guard let index else {
-            _ = fuse_reply_err(req, inode >= VersionTable.firstInode ? ESTALE : ENOENT)
-            return
-        }
-        let file = fs.tree.files[index]
-        while true {
-            let epoch = fs.parking.epoch
-            switch file.open(caller) {
-            case .absent:
-                _ = fuse_reply_err(req, ENOENT)
-            case .failure(let code):
-                _ = fuse_reply_err(req, code)
-            case .pending(let timeout):
-                let due = deadline ?? ContinuousClock.now.advanced(by: timeout)
-                let entry = Parking.Entry(
-                    request: req, deadline: due, kind: .open(inode: inode, info: info, caller: caller))
-                if park(entry, fs: fs, seen: epoch) { return }
-                continue
-            case .bytes(let bytes, _, let version):
-                guard let node else {
-                    reply(req, fs: fs, inode: inode, info: &info, snapshot: bytes, uid: caller.uid)
-                    return
-                }
-                if version == node.version {
-                    // Reads come from the kernel's page cache of this inode, which only ever
-                    // holds this version's bytes.
-                    info.fh = 0
-                    info.direct_io = 0
-                    info.keep_cache = 1
-                    _ = fuse_reply_open(req, &info)
-                } else {
-                    // Another version than this inode's (an old inode, or a reader held to an
-                    // older version that looked up before it was): the kernel looks the name
-                    // up again and finds the right inode. Another version's bytes are never
-                    // served on this inode: a page-cache fill through it would reach everyone.
-                    _ = fuse_reply_err(req, ESTALE)
-                }
-            }
-            return
-        }
-    }
-
-    /// Opens a snapshot read with `direct_io` through a handle (`uid`'s share of snapshots
-    /// allowing, else the handle reads the current bytes: see ``HandleTable``).
-    static func reply(
-        _ req: fuse_req_t, fs: FuseFileSystem, inode: UInt64, info: inout fuse_file_info, snapshot: [UInt8],
-        uid: uid_t
-    ) {
-        let handle = fs.handles.add(.file(inode: inode, bytes: snapshot, uid: uid))
-        info.fh = handle
-        info.direct_io = 1
-        info.keep_cache = 0
-        if fuse_reply_open(req, &info) != 0 {
-            // The open was interrupted: no release will follow.
-            fs.handles.remove(handle)
+            fs.open(inode: inode, flags: fi?.pointee.flags, caller: caller(req), request: req)
         }
     }
 
@@ -291,126 +142,52 @@ enum FuseOps {
         @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePointer<fuse_file_info>?) ->
             Void = {
                 req, inode, size, offset, fi in
-                serve(req) { req, fs in
-                    fs.count { $0.read += 1 }
-                    let handle = fi?.pointee.fh ?? 0
-                    let bytes: [UInt8]
-                    if let snapshot = fs.handles.bytes(handle, inode: inode) {
-                        bytes = snapshot
-                    } else if let node = fs.versions.node(inode) ?? fs.currentNode(inode) {
-                        // Versioned inodes (fh 0), and handles of an earlier server that were
-                        // not carried over: the inode's bytes never change.
-                        bytes = node.bytes
-                    } else if handle != 0, let current = fs.unknownHandleBytes(inode: inode) {
-                        // An unversioned file's handle of an earlier server (Takeover.swift),
-                        // or one past its opener's share of snapshots (HandleTable.swift).
-                        bytes = current
-                    } else {
-                        _ = fuse_reply_err(req, fs.opensEnded ? EIO : EBADF)
-                        return
-                    }
-                    guard offset >= 0 else {
-                        _ = fuse_reply_err(req, EINVAL)
-                        return
-                    }
-                    let start = offset < off_t(bytes.count) ? Int(offset) : bytes.count
-                    let length = min(max(size, 0), bytes.count - start)
-                    bytes.withUnsafeBufferPointer { buffer in
-                        _ = fuse_reply_buf(req, buffer.baseAddress.map { UnsafeRawPointer($0 + start) }, length)
-                    }
+                serve(req) { _, fs in
+                    fs.read(inode: inode, fh: fi?.pointee.fh ?? 0, size: size, offset: Int64(offset))
                 }
             }
 
     static let release: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = {
         req, _, fi in
-        serve(req) { req, fs in
-            if let handle = fi?.pointee.fh, handle != 0 { fs.handles.remove(handle) }
-            _ = fuse_reply_err(req, 0)
-        }
+        serve(req) { _, fs in fs.release(fh: fi?.pointee.fh) }
     }
 
     static let forget: @convention(c) (fuse_req_t?, fuse_ino_t, UInt64) -> Void = {
         req, inode, count in
         guard let req else { return }
-        fs(req)?.versions.forget(inode, count: count)
-        fuse_reply_none(req)
+        _ = reply(fs(req)?.forget([(inode, count)]) ?? .none, to: req)
     }
 
     static let forgetMulti: @convention(c) (fuse_req_t?, Int, UnsafeMutablePointer<fuse_forget_data>?) -> Void = {
         req, count, forgets in
         guard let req else { return }
-        if let fs = fs(req), let forgets, count > 0 {
-            for item in UnsafeBufferPointer(start: forgets, count: count) {
-                fs.versions.forget(item.ino, count: item.nlookup)
-            }
+        var items: [(inode: UInt64, count: UInt64)] = []
+        if let forgets, count > 0 {
+            items = UnsafeBufferPointer(start: forgets, count: count).map { ($0.ino, $0.nlookup) }
         }
-        fuse_reply_none(req)
+        _ = reply(fs(req)?.forget(items) ?? .none, to: req)
     }
 
     static let opendir: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = {
         req, inode, fi in
-        serve(req) { req, fs in
-            guard let fi else {
-                _ = fuse_reply_err(req, EINVAL)
-                return
-            }
-            guard inode == VirtualDirectory.rootInode else {
-                _ = fuse_reply_err(req, ENOTDIR)
-                return
-            }
-            let handle = fs.handles.add(.directory(fs.rootListing()))
-            fi.pointee.fh = handle
-            if fuse_reply_open(req, fi) != 0 { fs.handles.remove(handle) }
-        }
+        serve(req) { _, fs in fs.opendir(inode: inode, hasInfo: fi != nil) }
     }
 
-    /// Lists from `offset` (the index of the next entry, as the previous reply set it). Any
-    /// offset past the end, negative or huge, is simply the end of the listing.
     static let readdir:
         @convention(c) (fuse_req_t?, fuse_ino_t, Int, off_t, UnsafeMutablePointer<fuse_file_info>?) ->
             Void = {
                 req, _, size, offset, fi in
-                serve(req) { req, fs in
-                    // A listing of an earlier server's opendir (after a takeover) is made again.
-                    let entries = fs.handles.directory(fi?.pointee.fh ?? 0) ?? fs.rootListing()
-                    let capacity = min(max(size, 0), 64 * 1024)
-                    guard capacity > 0, offset >= 0, offset < off_t(entries.count) else {
-                        _ = fuse_reply_buf(req, nil, 0)
-                        return
-                    }
-                    var buffer = [CChar](repeating: 0, count: capacity)
-                    var used = 0
-                    buffer.withUnsafeMutableBufferPointer { out in
-                        guard let base = out.baseAddress else { return }
-                        for index in Int(offset)..<entries.count {
-                            let entry = entries[index]
-                            var st = stat()
-                            st.st_ino = UInt(truncatingIfNeeded: entry.inode)
-                            st.st_mode = entry.mode
-                            let needed = fuse_add_direntry(
-                                req, base + used, capacity - used, entry.name, &st, off_t(index + 1))
-                            if needed > capacity - used { break }
-                            used += needed
-                        }
-                        _ = fuse_reply_buf(req, base, used)
-                    }
-                }
+                serve(req) { _, fs in fs.readdir(fh: fi?.pointee.fh ?? 0, size: size, offset: Int64(offset)) }
             }
 
     static let releasedir: @convention(c) (fuse_req_t?, fuse_ino_t, UnsafeMutablePointer<fuse_file_info>?) -> Void = {
         req, _, fi in
-        serve(req) { req, fs in
-            if let handle = fi?.pointee.fh, handle != 0 { fs.handles.remove(handle) }
-            _ = fuse_reply_err(req, 0)
-        }
+        serve(req) { _, fs in fs.release(fh: fi?.pointee.fh) }
     }
 
     static let statfs: @convention(c) (fuse_req_t?, fuse_ino_t) -> Void = { req, _ in
         guard let req else { return }
-        var st = statvfs()
-        st.f_bsize = 4096
-        st.f_frsize = 4096
-        st.f_namemax = 255
-        _ = fuse_reply_statfs(req, &st)
+        // Fixed figures: no file system needed.
+        _ = reply(FuseFileSystem.statfs(), to: req)
     }
 }

@@ -9,12 +9,13 @@ import Synchronization
 final class Parking: Sendable {
     /// What a parked request asked for, copied out of libfuse's buffers (which do not
     /// outlive the handler).
-    enum Kind: @unchecked Sendable {
-        case open(inode: UInt64, info: fuse_file_info, caller: Caller)
+    enum Kind: Sendable, Equatable {
+        case open(inode: UInt64, caller: Caller)
         case lookup(name: [UInt8], caller: Caller)
     }
 
     struct Entry: @unchecked Sendable {
+        /// Only the reply layer (FuseOps.swift) looks behind it.
         let request: fuse_req_t
         let deadline: ContinuousClock.Instant
         let kind: Kind
@@ -91,11 +92,7 @@ final class Parking: Sendable {
         startThread(name: "fuse-park-timer") { [self] in
             while true {
                 let now = ContinuousClock.now
-                let (due, next, stopped) = state.withLock { s -> ([Entry], ContinuousClock.Instant?, Bool) in
-                    let due = s.entries.filter { $0.deadline <= now }
-                    s.entries.removeAll { $0.deadline <= now }
-                    return (due, s.entries.map(\.deadline).min(), s.stopped)
-                }
+                let (due, next, stopped) = takeDue(now: now)
                 if !due.isEmpty { expire(due) }
                 if stopped { return }
                 var timeout: Int32 = -1
@@ -110,6 +107,16 @@ final class Parking: Sendable {
                     _ = read(wakeRead, &drain, drain.count)
                 }
             }
+        }
+    }
+
+    /// Removes the requests whose deadline is `now` or earlier; also the next deadline of
+    /// those left, and whether parking has stopped.
+    func takeDue(now: ContinuousClock.Instant) -> (due: [Entry], next: ContinuousClock.Instant?, stopped: Bool) {
+        state.withLock { s in
+            let due = s.entries.filter { $0.deadline <= now }
+            s.entries.removeAll { $0.deadline <= now }
+            return (due, s.entries.map(\.deadline).min(), s.stopped)
         }
     }
 

@@ -92,7 +92,7 @@ struct Get: AsyncParsableCommand {
     func run() async throws {
         let credentials: Credentials
         do {
-            credentials = try await source.makeProvider().fetch()
+            credentials = try await source.makeProvider(clock: SystemRefreshClock()).fetch()
         } catch {
             throw Failure(message: "\(error)")
         }

@@ -182,8 +182,8 @@ struct Mount: AsyncParsableCommand {
         // A successor must not stat the mount before it serves it (it would wait for itself):
         // the path is resolved with readlink alone.
         let path = MountPoint.resolve(mountpoint)
-        // The one clock: the providers, the refresher, the views, the URI server (through
-        // the refresher) and the mount's start read it.
+        // The one clock, made here and handed down (the core has no default): the providers
+        // and the refresher are given it; the views and the URI server read the refresher's.
         let clock = SystemRefreshClock()
         // Relative paths (the mount point, an OIDC token file) are resolved before this.
         let provider = source.makeProvider(clock: clock)
@@ -224,7 +224,7 @@ struct Mount: AsyncParsableCommand {
         let views = CredentialViewSource(
             refresher: refresher, initialWait: initialWait.value, mountedAt: mountedAt,
             version: Credfs.version,
-            region: region, clock: clock)
+            region: region)
         var options = MountOptions()
         options.allowOther = allowOther
         options.debug = fuseDebug
@@ -235,8 +235,10 @@ struct Mount: AsyncParsableCommand {
                 mountedAt: mountedAt, kernelCache: kernelCache, clock: clock),
             mountpoint: path, options: options)
         let kernelCacheMode = kernelCache
+        let pid = Int(getpid())
         views.reportServing { [fs] in
             ServingFacts(
+                pid: pid, restarts: ServingProcess.restarts, carriedState: ServingProcess.carriedState ?? "none",
                 mode: kernelCacheMode ? "kernel-cache" : "default", parkedRequests: fs.parkedCount,
                 openRequests: fs.requestCounts.open)
         }

@@ -134,7 +134,7 @@ struct ProviderOptions: ParsableArguments {
     /// The provider, resolved again now (validate() ran at parsing; relative paths are
     /// resolved against the working directory of this moment). Fails closed: should the
     /// policy file have gone since validation, every fetch fails.
-    func makeProvider(clock: any RefreshClock = SystemRefreshClock()) -> any CredentialProvider {
+    func makeProvider(clock: any RefreshClock) -> any CredentialProvider {
         do throws(CredentialError) {
             return try ProviderConfiguration(flags: flags).makeProvider(clock: clock)
         } catch {

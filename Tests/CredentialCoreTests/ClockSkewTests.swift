@@ -128,7 +128,8 @@ import Testing
 
     @Test func aFetchThatSawADateSetsTheSkew() async {
         for skew in [600.0, -600.0] {
-            let refresher = Refresher(provider: DatedProvider(skew: skew), random: { 0 }, logger: .quiet)
+            let refresher = Refresher(
+                provider: DatedProvider(skew: skew), clock: SystemRefreshClock(), random: { 0 }, logger: .quiet)
             await refresher.refresh()
             let measured = refresher.machine.clockSkew ?? 0
             #expect(abs(measured - skew) <= 2, "\(measured)")

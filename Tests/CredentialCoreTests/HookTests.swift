@@ -36,7 +36,8 @@ import Testing
         views.reportServing {
             let depth = Self.stackAddress()
             depths.withLock { $0.append(depth) }
-            return ServingFacts(mode: "default", parkedRequests: 0, openRequests: 0)
+            return ServingFacts(
+                pid: 1, restarts: 0, carriedState: "none", mode: "default", parkedRequests: 0, openRequests: 0)
         }
         for _ in 0..<10_000 { _ = views.status() }
         let seen = depths.withLock { $0 }

@@ -46,4 +46,17 @@ import Testing
         #expect(refresher.machine.clockSkew == 600.5)
         #expect(refresher.cloudNow() == Fixture.t0.addingTimeInterval(600.5))
     }
+
+    /// The wall clock is made by the executable and handed down: nothing in the core makes
+    /// one (no default parameter can pick it silently).
+    @Test func theCoreNeverMakesTheWallClock() throws {
+        let core = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("Sources/CredentialCore")
+        let names = try FileManager.default.contentsOfDirectory(atPath: core.path).filter { $0.hasSuffix(".swift") }
+        #expect(names.count > 10)
+        let makers = try names.filter {
+            try String(contentsOf: core.appendingPathComponent($0), encoding: .utf8).contains("SystemRefreshClock()")
+        }
+        #expect(makers.isEmpty, "\(makers)")
+    }
 }

@@ -24,7 +24,7 @@ import Testing
         let provider = ScriptedProvider { Fixture.sts() }
         let refresher = Refresher(provider: provider, clock: clock, random: { 0 }, logger: .quiet)
         let views = CredentialViewSource(
-            refresher: refresher, initialWait: 0.2, mountedAt: mountedAt, version: "9.9.9", clock: clock)
+            refresher: refresher, initialWait: 0.2, mountedAt: mountedAt, version: "9.9.9")
         await refresher.refresh()
         #expect(generation(views.open(.accessKeyId, reader: reader)) == 1)
         clock.advance(by: 2)
@@ -47,7 +47,7 @@ import Testing
                 clockSkew: machine.clockSkew)
         }
         let views = CredentialViewSource(
-            refresher: refresher, initialWait: 0.2, mountedAt: mountedAt, version: "9.9.9", clock: clock)
+            refresher: refresher, initialWait: 0.2, mountedAt: mountedAt, version: "9.9.9")
         let taken = views.restorePins(pins ?? old.1.exportPins())
         return (refresher, views, taken)
     }
@@ -158,7 +158,7 @@ import Testing
             Published(carried: Self.second(clock), generation: 2, fetchedAt: clock.now()), upstreamRequests: 2,
             lastRefresh: nil)
         let views = CredentialViewSource(
-            refresher: refresher, initialWait: 0.2, mountedAt: Self.mountedAt, version: "9.9.9", clock: clock,
+            refresher: refresher, initialWait: 0.2, mountedAt: Self.mountedAt, version: "9.9.9",
             pins: GenerationPins(window: 10, capacity: 8, perUserCapacity: 2))
         #expect(views.restorePins(state) == 2)
         // The user keeps its two newest pins.
@@ -172,7 +172,7 @@ import Testing
         let provider = ScriptedProvider { Fixture.sts() }
         let refresher = Refresher(provider: provider, clock: clock, random: { 0 }, logger: .quiet)
         let views = CredentialViewSource(
-            refresher: refresher, initialWait: 0.2, mountedAt: Self.mountedAt, version: "9.9.9", clock: clock)
+            refresher: refresher, initialWait: 0.2, mountedAt: Self.mountedAt, version: "9.9.9")
         let changes = Counter()
         views.pins.onChange { changes.increment() }
         await refresher.refresh()
@@ -260,7 +260,9 @@ import Testing
 
     @Test func autoCarriesItsChoiceAndTheMetadataState() {
         let environment = ["ALIBABA_CLOUD_CREDENTIALS_URI": "http://127.0.0.1:9/credentials"]
-        let old = AutoProvider(environment: environment, imdsEndpoint: "http://127.0.0.1:8", logger: .quiet)
+        let clock = VirtualClock(Fixture.t0)
+        let old = AutoProvider(
+            environment: environment, imdsEndpoint: "http://127.0.0.1:8", clock: clock, logger: .quiet)
         #expect(old.cachedState == nil)
         old.ecs?.state.withLock { $0.discoveredRole = "EcsRole" }
         if let uri = old.uri { old.keep(uri) }
@@ -268,12 +270,13 @@ import Testing
         #expect(carried?.values["source"] == "uri")
         #expect(carried?.values["ecs.role"] == "EcsRole")
 
-        let successor = AutoProvider(environment: environment, imdsEndpoint: "http://127.0.0.1:8", logger: .quiet)
+        let successor = AutoProvider(
+            environment: environment, imdsEndpoint: "http://127.0.0.1:8", clock: clock, logger: .quiet)
         successor.restoreCachedState(carried ?? ProviderCachedState(provider: "", values: [:]))
         #expect(successor.name == "auto:uri")
         #expect(successor.ecs?.state.withLock { $0.discoveredRole } == "EcsRole")
         // Without that source configured, nothing is chosen.
-        let bare = AutoProvider(environment: [:], imdsEndpoint: "http://127.0.0.1:8", logger: .quiet)
+        let bare = AutoProvider(environment: [:], imdsEndpoint: "http://127.0.0.1:8", clock: clock, logger: .quiet)
         bare.restoreCachedState(carried ?? ProviderCachedState(provider: "", values: [:]))
         #expect(bare.name == "auto")
     }

@@ -230,7 +230,8 @@ import Testing
     }
 
     @Test func theEnvProviderReadsThroughTheOnePlace() async throws {
-        let none = EnvironmentProvider(ProviderEnvironment([CloudVariable.accessKeyId: "LTAI5tKey"]))
+        let none = EnvironmentProvider(
+            ProviderEnvironment([CloudVariable.accessKeyId: "LTAI5tKey"]), clock: VirtualClock(Fixture.t0))
         #expect(!none.isAvailable)
         await #expect(
             throws: CredentialError(
@@ -242,7 +243,7 @@ import Testing
             ProviderEnvironment([
                 CloudVariable.accessKeyId: "LTAI5tKey", CloudVariable.accessKeySecret: "secret",
                 CloudVariable.securityToken: "",
-            ]))
+            ]), clock: VirtualClock(Fixture.t0))
         let credentials = try await pair.fetch()
         #expect(credentials.accessKeyId == "LTAI5tKey" && credentials.securityToken == nil)
     }
@@ -251,12 +252,13 @@ import Testing
         var flags = ProviderFlags(provider: .ramRoleArn)
         flags.roleArn = Self.roleArn
         flags.sourceProvider = .demo
-        let provider = try ProviderConfiguration(flags: flags, environment: ProviderEnvironment([:])).makeProvider()
+        let provider = try ProviderConfiguration(flags: flags, environment: ProviderEnvironment([:])).makeProvider(
+            clock: SystemRefreshClock())
         let ram = try #require(provider as? RamRoleArnProvider)
         #expect(ram.roleArn == Self.roleArn)
         #expect(ram.source.provider.name == "demo")
         let auto = try ProviderConfiguration(flags: ProviderFlags(), environment: ProviderEnvironment([:]))
-            .makeProvider()
+            .makeProvider(clock: SystemRefreshClock())
         #expect(auto.name == "auto")
     }
 }

@@ -336,4 +336,47 @@ import Testing
         m.requestNow(at: at(20))
         #expect(m.nextRefresh == at(10))
     }
+
+    @Test func aRequestInFlightKeepsTheInstantThatWasDue() {
+        var m = machine()
+        let due = m.nextRefresh
+        let began = m.begin(at: at(60))
+        #expect(began)
+        #expect(m.request == .inFlight(since: at(60), scheduled: due))
+        #expect(!m.isDue(at: .distantFuture))
+        // SIGHUP while in flight moves the instant; the outcome replaces it.
+        m.requestNow(at: at(61))
+        #expect(m.request == .inFlight(since: at(60), scheduled: at(61)))
+        #expect(
+            StatusSnapshot(machine: m, provider: "uri", mountedAt: t0, version: "v", now: at(61)).nextRefresh == nil)
+        m.failed("down", at: at(62), jitter: 0)
+        #expect(!m.inFlight)
+        #expect(isClose(m.nextRefresh, at(62.1)))
+        #expect(m.health == .failing(count: 1, lastError: "down"))
+        // Begin to answer: 2 s (the first request took 0 s).
+        #expect(m.durations.count == 2 && m.durations.sum == 2)
+    }
+
+    @Test func aCarriedSetIsServedAndTheNextNewOneSpread() throws {
+        var m = RefreshMachine(policy: RefreshPolicy(), now: at(600))
+        m.restore(
+            Published(credentials: Fixture.sts(), generation: 7, fetchedAt: t0), upstreamRequests: 9,
+            lastRefresh: t0, now: at(600), jitter: 0)
+        #expect(m.state(at: at(600)) == .fresh)
+        #expect(m.serving(at: at(600))?.generation == 7)
+        #expect(m.upstreamRequests == 9 && m.lastRefresh == t0)
+        // Planned from its fetch: 15 min before its expiry, no spread, no steady point known.
+        #expect(isClose(m.nextRefresh, Fixture.expiration.addingTimeInterval(-900)))
+        #expect(m.steadyPrefetchAt == nil)
+
+        let began = m.begin(at: at(2700))
+        #expect(began)
+        let next = Fixture.sts(id: "STS.NextGeneration12345", expiration: at(2700 + 3600))
+        let outcome = m.succeeded(next, at: at(2700), jitter: 0.5)
+        #expect(outcome == .rotated(generation: 8))
+        // Off schedule: halfway (jitter 0.5) into [fetch + 60 s, steady point].
+        let steady = at(2700 + 3600 - 900 - 45)
+        #expect(isClose(m.steadyPrefetchAt, steady))
+        #expect(isClose(m.prefetchAt, steady.addingTimeInterval(-0.5 * steady.timeIntervalSince(at(2760)))))
+    }
 }

@@ -24,7 +24,7 @@ struct RegressionTests {
     }
 }
 
-/// Generation pinning (SPEC section 2 item 4) on explicit times.
+/// Generation pinning (docs/contract.md, "What a reader may rely on") on explicit times.
 struct GenerationPinsTests {
     let t0 = Date(timeIntervalSince1970: 1_700_000_000)
 

@@ -177,12 +177,18 @@ import Testing
         #expect(ak["expiration"] == nil)
     }
 
+    /// The keys of a status without serving facts (the refresher's own).
     static let statusKeys = [
         "state", "provider", "generation", "accessKeyId", "expiration", "secondsRemaining",
-        "lastRefresh",
-        "nextRefresh", "consecutiveFailures", "lastError", "upstreamRequests", "mountedAt", "pid", "restarts",
-        "carriedState",
+        "lastRefresh", "nextRefresh", "consecutiveFailures", "lastError", "upstreamRequests", "mountedAt",
         "version", "clockSkewSeconds",
+    ]
+
+    /// The keys of a daemon's status: the serving facts the executable supplies in their places.
+    static let servedStatusKeys = [
+        "state", "provider", "generation", "accessKeyId", "expiration", "secondsRemaining",
+        "lastRefresh", "nextRefresh", "consecutiveFailures", "lastError", "upstreamRequests", "mountedAt",
+        "pid", "restarts", "carriedState", "version", "clockSkewSeconds", "mode", "parkedRequests", "openRequests",
     ]
 
     /// The keys of a rendered status file, in the order they appear.
@@ -230,6 +236,26 @@ import Testing
         #expect(json["upstreamRequests"] as? Int == 2)
         #expect(json["mountedAt"] as? String == Timestamp.format(mountedAt))
         #expect(json["version"] as? String == "1.2.3")
+    }
+
+    @Test func servingFactsAreRenderedAsSupplied() throws {
+        var machine = RefreshMachine(policy: RefreshPolicy(), now: Fixture.t0)
+        _ = machine.begin(at: Fixture.t0)
+        machine.succeeded(Fixture.sts(), at: Fixture.t0, jitter: 0)
+        var snapshot = StatusSnapshot(
+            machine: machine, provider: "uri", mountedAt: Fixture.t0, version: "1.2.3", now: Fixture.t0)
+        snapshot.serving = ServingFacts(
+            pid: 4242, restarts: 3, carriedState: "behind", mode: "kernel-cache", parkedRequests: 2, openRequests: 17)
+        let bytes = Render.statusFile(snapshot)
+        #expect(keysInOrder(bytes) == Self.servedStatusKeys)
+        let json = try jsonObject(bytes)
+        #expect(json["pid"] as? Int == 4242)
+        #expect(json["restarts"] as? Int == 3)
+        #expect(json["carriedState"] as? String == "behind")
+        #expect(json["mode"] as? String == "kernel-cache")
+        #expect(json["parkedRequests"] as? Int == 2)
+        #expect(json["openRequests"] as? Int == 17)
+        #expect(text(Render.metrics(snapshot, pinnedGroups: 0)).contains("\ncredfs_restarts_total 3\n"))
     }
 
     @Test func statusFileWhilePendingUsesNulls() throws {

@@ -16,7 +16,9 @@ struct AutoChainErrorTests {
         let imds = "http://127.0.0.1:\(unusedLoopbackPort())/" + String(repeating: "metadata-", count: 30)
         let uri = "http://127.0.0.1:\(unusedLoopbackPort())/" + String(repeating: "long-path-", count: 40)
         let auto = f.auto(["ALIBABA_CLOUD_CREDENTIALS_URI": uri], imds: imds)
-        let refresher = Refresher(provider: auto, logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
+        let refresher = Refresher(
+            provider: auto, clock: SystemRefreshClock(), logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
+        )
         await refresher.refresh()
         await f.stop()
         let status = refresher.status(mountedAt: Date(), version: "t")

@@ -122,7 +122,7 @@ struct EcsMetadataTests {
     @Test func roleIsLookedUpAgainOnlyOn404() async throws {
         let fake = FakeMetadataServer()
         try await fake.start()
-        let provider = EcsMetadataProvider(endpoint: fake.endpoint)
+        let provider = EcsMetadataProvider(endpoint: fake.endpoint, clock: SystemRefreshClock())
         _ = try await provider.fetch()
         _ = try await provider.fetch()
         #expect(fake.read { $0.roleListGets } == 1)
@@ -140,11 +140,11 @@ struct EcsMetadataTests {
     @Test func configuredRoleIsNeverLookedUp() async throws {
         let fake = FakeMetadataServer()
         try await fake.start()
-        let provider = EcsMetadataProvider(endpoint: fake.endpoint, role: "EcsRamRoleTest")
+        let provider = EcsMetadataProvider(endpoint: fake.endpoint, role: "EcsRamRoleTest", clock: SystemRefreshClock())
         _ = try await provider.fetch()
         #expect(fake.read { $0.roleListGets } == 0)
         // A configured role that the service does not know is an error, not a lookup.
-        let wrong = EcsMetadataProvider(endpoint: fake.endpoint, role: "Nope")
+        let wrong = EcsMetadataProvider(endpoint: fake.endpoint, role: "Nope", clock: SystemRefreshClock())
         await #expect(throws: CredentialError.self) { try await wrong.fetch() }
         #expect(fake.read { $0.roleListGets } == 0)
     }
@@ -152,7 +152,7 @@ struct EcsMetadataTests {
     @Test func aRejectedTokenIsDroppedAndReplaced() async throws {
         let fake = FakeMetadataServer()
         try await fake.start()
-        let provider = EcsMetadataProvider(endpoint: fake.endpoint)
+        let provider = EcsMetadataProvider(endpoint: fake.endpoint, clock: SystemRefreshClock())
         _ = try await provider.fetch()
         fake.set { $0.issued = [] }  // the service forgot every token (restart)
         await #expect(throws: CredentialError.self) { try await provider.fetch() }
@@ -163,7 +163,7 @@ struct EcsMetadataTests {
     @Test func aHangingTokenEndpointFallsBackToIMDSv1() async throws {
         let fake = FakeMetadataServer(tokenMode: .hangs)
         try await fake.start()
-        let provider = EcsMetadataProvider(endpoint: fake.endpoint)
+        let provider = EcsMetadataProvider(endpoint: fake.endpoint, clock: SystemRefreshClock())
         let started = Date()
         let credentials = try await provider.fetch()
         let took = Date().timeIntervalSince(started)
@@ -180,7 +180,7 @@ struct EcsMetadataTests {
         let fake = FakeMetadataServer()
         fake.set { $0.role = "" }
         try await fake.start()
-        let provider = EcsMetadataProvider(endpoint: fake.endpoint)
+        let provider = EcsMetadataProvider(endpoint: fake.endpoint, clock: SystemRefreshClock())
         do {
             _ = try await provider.fetch(probing: false)
             Issue.record("fetch succeeded without a role")

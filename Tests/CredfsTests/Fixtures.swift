@@ -105,7 +105,8 @@ enum Fixtures {
         var uriVariable: [String: String] { ["ALIBABA_CLOUD_CREDENTIALS_URI": uri.url] }
         func auto(_ environment: [String: String], imds: String? = nil) -> AutoProvider {
             AutoProvider(
-                environment: environment, imdsEndpoint: imds ?? ecs.endpoint, stsEndpoint: sts.endpoint)
+                environment: environment, imdsEndpoint: imds ?? ecs.endpoint, stsEndpoint: sts.endpoint,
+                clock: SystemRefreshClock())
         }
         var counts: (ecs: Int, sts: Int, uri: Int) { (ecs.requests, sts.requests, uri.requests) }
     }

@@ -25,6 +25,8 @@ import Testing
             _ = try? runCredfs(["unmount", mountpoint])
             if isMounted(mountpoint) { umount2(mountpoint, Int32(MNT_DETACH)) }
         }
+        // Ready means the mount answers; the first generation may come a moment later.
+        try waitUntil("the first generation") { readFile(mountpoint + "/access_key_id").bytes != nil }
         let result = try scrape("http://127.0.0.1:\(port)/metrics")
         #expect(result.stdout.hasSuffix("\n200"))
         #expect(result.stdout.contains("credfs_generation 1\n"))

@@ -85,7 +85,7 @@ struct OIDCTests {
         let provider = OIDCProvider(
             roleArn: Fixtures.oidcRoleArn, oidcProviderArn: Fixtures.oidcProviderArn,
             tokenFile: "/nonexistent/oidc-token",
-            endpoint: "http://127.0.0.1:\(unusedLoopbackPort())")
+            endpoint: "http://127.0.0.1:\(unusedLoopbackPort())", clock: SystemRefreshClock())
         do {
             _ = try await provider.fetch()
             Issue.record("fetched without a token file")

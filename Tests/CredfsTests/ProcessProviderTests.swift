@@ -62,7 +62,7 @@ struct ProcessProviderTests {
                 "#!/bin/sh\necho '{\"mode\":\"AK\",\"access_key_id\":\"LTAI5tProcessKey01\",\"access_key_secret\":\"process-secret\"}'\n"
         )
         defer { helper.dir.remove() }
-        let credentials = try await ProcessProvider(argv: [helper.script]).fetch()
+        let credentials = try await ProcessProvider(argv: [helper.script], clock: SystemRefreshClock()).fetch()
         #expect(credentials.accessKeyId == "LTAI5tProcessKey01")
         #expect(credentials.securityToken == nil && credentials.expiration == nil)
     }
@@ -100,7 +100,7 @@ struct ProcessProviderTests {
         let helper = try Helper(body: "#!/bin/sh\n" + script + "\n")
         defer { helper.dir.remove() }
         do {
-            _ = try await ProcessProvider(argv: [helper.script]).fetch()
+            _ = try await ProcessProvider(argv: [helper.script], clock: SystemRefreshClock()).fetch()
             Issue.record("accepted: \(script)")
         } catch let error as CredentialError {
             #expect(error.message.contains(expected), "\(error.message)")
@@ -114,7 +114,7 @@ struct ProcessProviderTests {
         defer { helper.dir.remove() }
         let started = Date()
         do {
-            _ = try await ProcessProvider(argv: [helper.script], timeout: 1).fetch()
+            _ = try await ProcessProvider(argv: [helper.script], timeout: 1, clock: SystemRefreshClock()).fetch()
             Issue.record("a hanging command answered")
         } catch let error as CredentialError {
             #expect(error.message.contains("no answer within 1 s"), "\(error.message)")
@@ -130,7 +130,7 @@ struct ProcessProviderTests {
 
     @Test func aMissingProgramSaysSo() async throws {
         do {
-            _ = try await ProcessProvider(argv: ["/nonexistent/credential-helper"]).fetch()
+            _ = try await ProcessProvider(argv: ["/nonexistent/credential-helper"], clock: SystemRefreshClock()).fetch()
             Issue.record("ran a missing program")
         } catch let error as CredentialError {
             #expect(error.message.contains("cannot run"), "\(error.message)")

@@ -49,8 +49,12 @@ struct ProxyTests {
         let leaky = HTTPFetcher(timeouts: .metadata, proxy: .settings(proxy))
         #expect(leaky.proxy(for: "http://metadata.proxy-test.invalid/") == "http://p:3128")
         #expect(
-            EcsMetadataProvider(endpoint: "http://metadata.proxy-test.invalid", http: leaky).http.proxyPolicy == .never)
-        #expect(AutoProvider(environment: [:], metadataHTTP: leaky).ecs?.http.proxyPolicy == .never)
+            EcsMetadataProvider(
+                endpoint: "http://metadata.proxy-test.invalid", http: leaky, clock: SystemRefreshClock()
+            ).http.proxyPolicy == .never)
+        #expect(
+            AutoProvider(environment: [:], metadataHTTP: leaky, clock: SystemRefreshClock()).ecs?.http.proxyPolicy
+                == .never)
     }
 
     @Test func noProxyForms() {
@@ -92,7 +96,7 @@ struct ProxyTests {
         let http = HTTPFetcher(
             timeouts: .standard,
             proxy: .settings(.fromEnvironment(["HTTP_PROXY": proxy.url, "NO_PROXY": "example.com,.other.invalid"])))
-        let credentials = try await URIProvider(url: Self.remoteURI, http: http).fetch()
+        let credentials = try await URIProvider(url: Self.remoteURI, http: http, clock: SystemRefreshClock()).fetch()
         #expect(credentials.accessKeyId == FakeCredentialServer.accessKeyId(1))
         #expect(proxy.seen == [.init(method: "GET", target: Self.remoteURI)])
         #expect(upstream.requests == 1)
@@ -106,7 +110,7 @@ struct ProxyTests {
         let http = HTTPFetcher(
             timeouts: .standard, proxy: .settings(.fromEnvironment(["HTTP_PROXY": proxy.url, "http_proxy": proxy.url])))
         for url in [upstream.url, "http://localhost:\(upstream.port)/credentials"] {
-            _ = try await URIProvider(url: url, http: http).fetch()
+            _ = try await URIProvider(url: url, http: http, clock: SystemRefreshClock()).fetch()
         }
         #expect(proxy.seen.isEmpty)
         #expect(upstream.requests == 2)
@@ -119,7 +123,7 @@ struct ProxyTests {
         defer { proxy.stop() }
         // Even handed a fetcher that would use the proxy, the provider goes direct.
         let leaky = HTTPFetcher(timeouts: .metadata, proxy: .settings(.fromEnvironment(["HTTP_PROXY": proxy.url])))
-        _ = try await EcsMetadataProvider(endpoint: metadata.endpoint, http: leaky).fetch()
+        _ = try await EcsMetadataProvider(endpoint: metadata.endpoint, http: leaky, clock: SystemRefreshClock()).fetch()
         #expect(metadata.requests >= 2)
         #expect(proxy.seen.isEmpty)
     }
@@ -131,9 +135,9 @@ struct ProxyTests {
         defer { proxy.stop() }
         let http = HTTPFetcher(timeouts: .standard, proxy: .settings(.fromEnvironment(["http_proxy": proxy.url])))
         let provider = RamRoleArnProvider(
-            source: EnvironmentProvider(environment: Fixtures.ramRoleArnEnvironment()),
+            source: EnvironmentProvider(environment: Fixtures.ramRoleArnEnvironment(), clock: SystemRefreshClock()),
             roleArn: Fixtures.assumedRoleArn,
-            endpoint: "http://sts.proxy-test.invalid", http: http)
+            endpoint: "http://sts.proxy-test.invalid", http: http, clock: SystemRefreshClock())
         let credentials = try await provider.fetch()
         #expect(credentials.accessKeyId == FakeCredentialServer.accessKeyId(1))
         #expect(sts.verified == 1)
@@ -148,9 +152,9 @@ struct ProxyTests {
         defer { proxy.stop() }
         let http = HTTPFetcher(timeouts: .standard, proxy: .settings(.fromEnvironment(["HTTPS_PROXY": proxy.url])))
         let provider = RamRoleArnProvider(
-            source: EnvironmentProvider(environment: Fixtures.ramRoleArnEnvironment()),
+            source: EnvironmentProvider(environment: Fixtures.ramRoleArnEnvironment(), clock: SystemRefreshClock()),
             roleArn: Fixtures.assumedRoleArn,
-            endpoint: Self.sts, http: http)
+            endpoint: Self.sts, http: http, clock: SystemRefreshClock())
         do {
             _ = try await provider.fetch()
             Issue.record("the fake proxy refuses every CONNECT")

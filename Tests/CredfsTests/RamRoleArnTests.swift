@@ -149,7 +149,7 @@ struct RamRoleArnTests {
         let source = CountingSource(sourceSet)
         let provider = RamRoleArnProvider(
             source: source, roleArn: Fixtures.assumedRoleArn, sessionName: "credfs-unit", durationSeconds: 1800,
-            externalId: "ext id+/=", policy: Fixtures.policy, endpoint: sts.endpoint)
+            externalId: "ext id+/=", policy: Fixtures.policy, endpoint: sts.endpoint, clock: SystemRefreshClock())
         for n in 1...3 {
             let credentials = try await provider.fetch()
             #expect(credentials.accessKeyId == FakeCredentialServer.accessKeyId(n))
@@ -189,7 +189,8 @@ struct RamRoleArnTests {
             }
         }
         let source = Expiring()
-        let provider = RamRoleArnProvider(source: source, roleArn: Fixtures.assumedRoleArn, endpoint: sts.endpoint)
+        let provider = RamRoleArnProvider(
+            source: source, roleArn: Fixtures.assumedRoleArn, endpoint: sts.endpoint, clock: SystemRefreshClock())
         _ = try await provider.fetch()
         _ = try await provider.fetch()
         #expect(source.fetches.withLock { $0 } == 1)
@@ -208,7 +209,8 @@ struct RamRoleArnTests {
             Credentials(
                 accessKeyId: Fixtures.envKey, accessKeySecret: Fixtures.envSecret, securityToken: token, expiration: nil
             ))
-        let provider = RamRoleArnProvider(source: source, roleArn: Fixtures.assumedRoleArn, endpoint: sts.endpoint)
+        let provider = RamRoleArnProvider(
+            source: source, roleArn: Fixtures.assumedRoleArn, endpoint: sts.endpoint, clock: SystemRefreshClock())
         do {
             _ = try await provider.fetch()
             Issue.record("AssumeRole succeeded with a wrong signature")
@@ -229,7 +231,9 @@ struct RamRoleArnTests {
         let sts = Fixtures.fakeAssumeRole()
         try await sts.start()
         let provider = RamRoleArnProvider(
-            source: EnvironmentProvider(environment: [:]), roleArn: Fixtures.assumedRoleArn, endpoint: sts.endpoint)
+            source: EnvironmentProvider(environment: [:], clock: SystemRefreshClock()),
+            roleArn: Fixtures.assumedRoleArn,
+            endpoint: sts.endpoint, clock: SystemRefreshClock())
         do {
             _ = try await provider.fetch()
             Issue.record("fetched without source credentials")

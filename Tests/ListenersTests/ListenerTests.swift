@@ -85,7 +85,7 @@ import Testing
 
     @Test func theURIHandlerAnswers() async throws {
         let provider = FixedProvider()
-        let refresher = Refresher(provider: provider)
+        let refresher = Refresher(provider: provider, clock: SystemRefreshClock())
         let handler = CredentialsURIHandler(refresher: refresher, host: "127.0.0.1", port: 8080)
         func status(_ headers: [(String, String)], method: String = "GET", uri: String = "/") -> Int {
             handler.respond(
