@@ -5,6 +5,8 @@
 # the caller installs as its EXIT trap. Mounts live only under $bench_tmp (mktemp -d in
 # /tmp); traffic goes only to 127.0.0.1.
 
+. scripts/lib/build-release.sh
+
 bench_log() { printf '%s\n' "$*" >&2; }
 bench_die() { bench_log "error: $*"; exit 1; }
 
@@ -36,8 +38,8 @@ bench_build_credfs() {
         return
     fi
     bench_log "building credfs (release, --static-swift-stdlib)"
-    swift build -c release --static-swift-stdlib --product credfs >&2
-    bin=$(swift build -c release --static-swift-stdlib --show-bin-path)/credfs
+    build_release
+    bin=$credfs_bin
     [ -x "$bin" ] || bench_die "no credfs at $bin"
 }
 

@@ -97,11 +97,6 @@ public final class HTTPListener: Sendable {
     /// The port it listens on.
     public var port: Int { channel.localAddress?.port ?? 0 }
 
-    /// Serves until ``close()``.
-    public func waitUntilClosed() async {
-        try? await channel.closeFuture.get()
-    }
-
     /// Stops accepting (this process's descriptor only: a copy in the fd store still
     /// listens, so the port is never free).
     public func close() async {

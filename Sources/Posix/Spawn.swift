@@ -120,7 +120,7 @@ public struct Spawn {
 
 public struct SpawnError: Error, CustomStringConvertible {
     public let code: Int32
-    public var description: String { String(cString: strerror(code)) }
+    public var description: String { Errno.describe(code) }
 }
 
 /// A wait status, spelled out (WIFEXITED and friends are macros in C).

@@ -3,6 +3,7 @@ import CredentialCore
 import FoundationEssentials
 import FuseBridge
 import Glibc
+import Posix
 
 struct Unmount: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -18,7 +19,7 @@ struct Unmount: AsyncParsableCommand {
             throw Failure(message: "no credfs mount at \(path)")
         }
         guard FuseFileSystem.detach(path) else {
-            throw Failure(message: "cannot unmount \(path): \(MountPoint.describe(errno))")
+            throw Failure(message: "cannot unmount \(path): \(Errno.last)")
         }
     }
 }

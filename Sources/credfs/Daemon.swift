@@ -11,7 +11,7 @@ import Posix
 /// and it leaves the caller's working directory.
 enum Daemon {
     static func spawnAndWait(arguments: [String], supervise mountpoint: String) throws {
-        guard let pipe = Spawn.pipe() else { throw Failure(message: "pipe: \(MountPoint.describe(errno))") }
+        guard let pipe = Spawn.pipe() else { throw Failure(message: "pipe: \(Errno.last)") }
 
         // The daemon outlives this process: it must not keep any descriptor it was not
         // given (a caller's pipe or socket would never see EOF).
@@ -23,7 +23,7 @@ enum Daemon {
         guard argumentsFile >= 0 else {
             close(pipe.read)
             close(pipe.write)
-            throw Failure(message: "cannot pass the arguments on: \(MountPoint.describe(errno))")
+            throw Failure(message: "cannot pass the arguments on: \(Errno.last)")
         }
         // Both out of the way of fds 3 and 4 first, so that neither dup2 can clobber the other.
         let readyEnd = fcntl(pipe.write, F_DUPFD_CLOEXEC, 100)
@@ -34,7 +34,7 @@ enum Daemon {
         guard readyEnd >= 0, argumentsEnd >= 0 else {
             close(pipe.read)
             close(readyEnd)
-            throw Failure(message: "cannot pass descriptors on: \(MountPoint.describe(errno))")
+            throw Failure(message: "cannot pass descriptors on: \(Errno.last)")
         }
 
         // A supervisor (Supervisor.swift) that starts the server and starts it again on the
@@ -57,18 +57,8 @@ enum Daemon {
             throw Failure(message: "cannot start the daemon: \(error)")
         }
 
-        // Read until the child reports, or closes the pipe by exiting.
-        var answer = [UInt8]()
-        var buffer = [UInt8](repeating: 0, count: 512)
-        while answer.count < 4096 {
-            let n = read(pipe.read, &buffer, buffer.count)
-            if n > 0 {
-                answer += buffer[0..<n]
-                continue
-            }
-            if n < 0, errno == EINTR { continue }
-            break
-        }
+        // Read until the child reports and closes the pipe, or closes it by exiting.
+        let answer = PipeReader.read([pipe.read], limits: [4096]).outputs[0]
         close(pipe.read)
         let text = String(decoding: answer, as: UTF8.self).split(whereSeparator: \.isNewline).first.map(String.init)
         if text == "ready" { return }

@@ -2,6 +2,7 @@ import ArgumentParser
 import CredentialCore
 import FoundationEssentials
 import Glibc
+import Posix
 
 /// `credfs doctor`: checks what users get wrong and prints each problem with a one-line fix.
 /// Exit 0 when all is well, 1 otherwise. Never prints a secret, nor the value of any
@@ -167,7 +168,7 @@ struct Doctor: AsyncParsableCommand {
         }
         var st = stat()
         guard stat(path + "/credentials", &st) == 0 else {
-            return .skip("user", "cannot stat \(path)/credentials (\(MountPoint.describe(errno)))")
+            return .skip("user", "cannot stat \(path)/credentials (\(Errno.last))")
         }
         let mode = st.st_mode
         let readable: Bool

@@ -32,10 +32,13 @@ struct ListenAddress: ExpressibleByArgument {
         return (host, port, bracketed)
     }
 
-    var isLoopback: Bool { LoopbackAddress.isLoopback(host) }
-
     /// `host:port`, with brackets around an IPv6 host.
-    var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    var description: String { Self.shown(host: host, port: port) }
+
+    /// `host:port` as a URL or a message names it: an IPv6 host in brackets.
+    static func shown(host: String, port: Int) -> String {
+        host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+    }
 
     static var defaultValueDescription: String { "HOST:PORT" }
 }

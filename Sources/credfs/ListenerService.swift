@@ -2,12 +2,10 @@ import CredentialCore
 import Glibc
 import Listeners
 import Logging
-import ServiceLifecycle
 
-/// `--serve-uri` or `--metrics` as a service of the daemon's group: an ``HTTPListener`` on a
-/// socket that is carried across takeovers, never bound again (docs/hitless.md,
+/// `--serve-uri` or `--metrics`: an ``HTTPListener`` on a socket that is carried across takeovers, never bound again (docs/hitless.md,
 /// "Listeners").
-struct ListenerService: Service {
+struct ListenerService {
     let listener: HTTPListener
 
     /// The listeners `mount` was asked for, each on its carried or newly bound socket.
@@ -68,7 +66,7 @@ struct ListenerService: Service {
             close(inherited)
             FDStore.remove(name: name)
         }
-        let shown = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        let shown = ListenAddress.shown(host: host, port: port)
         switch ListeningSocket.bind(host: host, port: port) {
         case .success(let fd):
             if FDStore.isAvailable { FDStore.store(fd, name: name) }
@@ -94,18 +92,10 @@ struct ListenerService: Service {
         } catch {
             throw Failure(message: "cannot serve \(what): \(error)")
         }
-        let shown = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        let shown = ListenAddress.shown(host: host, port: port)
         logger.info(
             "serving \(what)",
             metadata: ["address": "http://\(shown)\(path)", "loopbackOnly": "\(LoopbackAddress.isLoopback(host))"])
         return ListenerService(listener: listener)
-    }
-
-    func run() async throws {
-        await withGracefulShutdownHandler {
-            await listener.waitUntilClosed()
-        } onGracefulShutdown: {
-            Task { await listener.close() }
-        }
     }
 }

@@ -25,7 +25,4 @@ struct LoopbackAddress {
         guard inet_pton(AF_INET, host, &address) == 1 else { return false }
         return UInt32(bigEndian: address.s_addr) >> 24 == 127
     }
-
-    /// The host as a URL names it: an IPv6 address in brackets.
-    var urlHost: String { host.contains(":") ? "[\(host)]" : host }
 }

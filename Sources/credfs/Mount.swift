@@ -5,7 +5,6 @@ import FoundationEssentials
 import FuseBridge
 import Glibc
 import Logging
-import ServiceLifecycle
 import Synchronization
 import UnixSignals
 
@@ -160,9 +159,9 @@ struct Mount: AsyncParsableCommand {
     }
 
     func serve(logger: Logger, ready: ReadinessPipe?) async throws {
-        // Signals are ours from the start: a SIGTERM arriving while mounting is kept and
-        // handed to the service group once it exists; a SIGHUP then just refreshes.
-        let router = SignalRouter()
+        // Signals are ours from the start: a SIGTERM or SIGHUP arriving while mounting is
+        // kept until the services run.
+        let services = MountServices()
         // Trapped now, before the mount appears; iterated below (the sequence buffers).
         let trapped = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sighup, .sigusr2)
         // A standby waits here, started and its options read, until the supervisor hands
@@ -176,10 +175,10 @@ struct Mount: AsyncParsableCommand {
                     await hitless.handOver()
                 } else if signal == .sighup {
                     logger.info("SIGHUP: refreshing now")
-                    router.hangup()
+                    services.hangup()
                 } else {
                     logger.info("shutting down", metadata: ["signal": "\(signal)"])
-                    await router.shutdown()
+                    await services.shutdown()
                 }
             }
         }
@@ -235,7 +234,7 @@ struct Mount: AsyncParsableCommand {
         options.debug = fuseDebug
         options.kernelCache = kernelCache
         let fs = FuseFileSystem(
-            tree: Tree.make(
+            tree: ViewTree.make(
                 views: views, secretMode: mode.value, uid: uid?.value ?? getuid(), gid: gid?.value ?? getgid(),
                 mountedAt: mountedAt, kernelCache: kernelCache, clock: clock),
             mountpoint: path, options: options)
@@ -280,58 +279,9 @@ struct Mount: AsyncParsableCommand {
         ready?.succeed()
         MemoryTrim.soon()
 
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
-            .init(service: FuseService(fs: fs), successTerminationBehavior: .gracefullyShutdownGroup),
-            .init(service: RefresherService(refresher: refresher)),
-        ]
-        services += listeners.map { .init(service: $0) }
-        let group = ServiceGroup(
-            configuration: .init(
-                services: services,
-                logger: logger))
-        await router.attach(group, refresher: refresher)
-        try await group.run()
+        await services.run(.init(fs: fs, refresher: refresher, listeners: listeners.map(\.listener)))
         guard await hitless.end() == .ended else { return }
         notifier.stopping()
         logger.info("unmounted", metadata: ["mountpoint": "\(path)"])
-    }
-}
-
-/// Routes SIGTERM/SIGINT/SIGHUP: remembered until the service group and refresher exist.
-final class SignalRouter: Sendable {
-    private struct State: Sendable {
-        var shutdownRequested = false
-        var hangupRequested = false
-        var group: ServiceGroup?
-        var refresher: Refresher?
-    }
-    private let state = Mutex(State())
-
-    func shutdown() async {
-        let group = state.withLock { s -> ServiceGroup? in
-            s.shutdownRequested = true
-            return s.group
-        }
-        await group?.triggerGracefulShutdown()
-    }
-
-    /// Remembered until the refresher runs: a successor starts with carried credentials and
-    /// no fetch due, so a SIGHUP during its start must not be lost.
-    func hangup() {
-        let refresher = state.withLock { s -> Refresher? in
-            if s.refresher == nil { s.hangupRequested = true }
-            return s.refresher
-        }
-        refresher?.requestRefresh()
-    }
-
-    func attach(_ group: ServiceGroup, refresher: Refresher) async {
-        let (hangup, shutdown) = state.withLock { s in
-            s.group = group
-            s.refresher = refresher
-            return (s.hangupRequested, s.shutdownRequested)
-        }
-        if hangup { refresher.requestRefresh() }
-        if shutdown { await group.triggerGracefulShutdown() }
     }
 }

@@ -4,6 +4,7 @@ import FoundationEssentials
 import FuseBridge
 import Glibc
 import Logging
+import Posix
 
 /// Getting a mount point ready: create it, clear a stale FUSE mount, refuse a live one.
 enum MountPoint {
@@ -16,17 +17,17 @@ enum MountPoint {
                 do {
                     try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
                 } catch {
-                    throw Failure(message: "cannot create mount point \(path): \(describe(errno))")
+                    throw Failure(message: "cannot create mount point \(path): \(Errno.last)")
                 }
                 logger.info("created mount point", metadata: ["mountpoint": "\(path)"])
             case ENOTCONN:
                 // A daemon died and left its mount behind: clear it and mount again.
                 guard FuseFileSystem.detach(path) else {
-                    throw Failure(message: "cannot clear the stale mount at \(path): \(describe(errno))")
+                    throw Failure(message: "cannot clear the stale mount at \(path): \(Errno.last)")
                 }
                 logger.notice("cleared a stale FUSE mount", metadata: ["mountpoint": "\(path)"])
             default:
-                throw Failure(message: "cannot use mount point \(path): \(describe(error))")
+                throw Failure(message: "cannot use mount point \(path): \(Errno.describe(error))")
             }
             return
         }
@@ -38,7 +39,7 @@ enum MountPoint {
             var fs = statvfs()
             if statvfs(path, &fs) != 0, errno == ENOTCONN {
                 guard FuseFileSystem.detach(path) else {
-                    throw Failure(message: "cannot clear the stale mount at \(path): \(describe(errno))")
+                    throw Failure(message: "cannot clear the stale mount at \(path): \(Errno.last)")
                 }
                 logger.notice("cleared a stale FUSE mount", metadata: ["mountpoint": "\(path)"])
                 return
@@ -132,5 +133,6 @@ enum MountPoint {
         return stat(path, &st) == 0 && st.st_ino == 1
     }
 
-    static func describe(_ code: Int32) -> String { String(cString: strerror(code)) }
+    /// ``Errno/describe(_:)``: still called so by Supervisor.swift and Upgrade.swift.
+    static func describe(_ code: Int32) -> String { Errno.describe(code) }
 }

@@ -1,7 +1,7 @@
-import CFuse3
+import CPosixIPC
 import Glibc
 import Logging
-import Synchronization
+import Posix
 
 /// A swift-log handler that sends each line to the system log (`/dev/log`, read by
 /// journald or rsyslog) as `credfs[PID]`, facility daemon. Used by a background daemon
@@ -10,7 +10,6 @@ struct SystemLogHandler: LogHandler {
     var logLevel: Logger.Level = .info
     var metadata: Logger.Metadata = [:]
     let label: String
-    static let socket = Mutex<Int32>(-1)
 
     subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { metadata[key] }
@@ -39,30 +38,9 @@ struct SystemLogHandler: LogHandler {
         }
     }
 
+    /// One datagram to `/dev/log`, never waiting (the fd store's sender, `credfs_send_fds`).
     static func send(_ bytes: [UInt8]) {
-        socket.withLock { fd in
-            if fd < 0 {
-                // SOCK_CLOEXEC is O_CLOEXEC on Linux (the constant does not import in every module order).
-                fd = Glibc.socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | O_CLOEXEC, 0)
-                guard fd >= 0 else { return }
-                var address = sockaddr_un()
-                address.sun_family = sa_family_t(AF_UNIX)
-                withUnsafeMutableBytes(of: &address.sun_path) { raw in
-                    for (i, byte) in "/dev/log".utf8.enumerated() { raw[i] = byte }
-                }
-                let connected = withUnsafePointer(to: &address) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-                    }
-                }
-                if connected != 0 {
-                    close(fd)
-                    fd = -1
-                    return
-                }
-            }
-            _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-        }
+        _ = bytes.withUnsafeBytes { credfs_send_fds("/dev/log", $0.baseAddress, $0.count, nil, 0) }
     }
 }
 
@@ -79,13 +57,13 @@ final class FileHandleOutputStream: TextOutputStream, Sendable {
     init(appendingTo path: String) throws(Failure) {
         let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0o600)
         guard fd >= 0 else {
-            let reason = errno == ELOOP ? "it is a symlink" : MountPoint.describe(errno)
+            let reason = errno == ELOOP ? "it is a symlink" : Errno.last
             throw Failure(message: "cannot open the log file \(path): \(reason)")
         }
         var st = stat()
         let refusal: String?
         if fstat(fd, &st) != 0 {
-            refusal = MountPoint.describe(errno)
+            refusal = Errno.last
         } else if st.st_mode & S_IFMT != S_IFREG {
             refusal = "not a regular file"
         } else if st.st_uid != geteuid() {

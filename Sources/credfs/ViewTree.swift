@@ -3,8 +3,9 @@ import FoundationEssentials
 import FuseBridge
 import Glibc
 
-/// The files of docs/contract.md ("Files"), wired to the view source.
-enum Tree {
+/// The mount's directory: one file per ``CredentialView`` (docs/contract.md, "Files"), wired
+/// to the view source.
+enum ViewTree {
     static func make(
         views: CredentialViewSource, secretMode: mode_t, uid: uid_t, gid: gid_t, mountedAt: Date,
         kernelCache: Bool, clock: any RefreshClock

@@ -10,7 +10,7 @@ import Testing
 @Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
 struct AutoChainErrorTests {
     @Test func everyStepIsInLastError() async throws {
-        let f = try await AutoChainTests.Fakes()
+        let f = try await Fixtures.AutoChainFakes()
         // A metadata address and a credentials URI nobody answers, each with a long path:
         // their errors quote their URLs. Each alone was once longer than the whole message.
         let imds = "http://127.0.0.1:\(unusedLoopbackPort())/" + String(repeating: "metadata-", count: 30)

@@ -5,50 +5,10 @@ import Testing
 
 /// `auto`: the SDK default-chain order (env, OIDC, ECS metadata, URI) against fakes. Every
 /// metadata endpoint is a fake on 127.0.0.1, or the probe is disabled.
-@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
+@Suite(.stopsFakes, .serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
 struct AutoChainTests {
-    struct Fakes {
-        let ecs = FakeMetadataServer()
-        let sts = FakeSTSServer()
-        let uri = FakeCredentialServer()
-        let dir: TempDir
-        init() async throws {
-            dir = try TempDir()
-            try "oidc-token-A".write(toFile: dir.path + "/token", atomically: true, encoding: .utf8)
-            try await ecs.start()
-            try await sts.start()
-            try await uri.start()
-        }
-        func stop() async {
-            await ecs.stop()
-            await sts.stop()
-            await uri.stop()
-            dir.remove()
-        }
-        var env: [String: String] {
-            [
-                "ALIBABA_CLOUD_ACCESS_KEY_ID": "LTAI5tAutoEnvKey0001",
-                "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "auto-env-secret",
-            ]
-        }
-        var oidc: [String: String] {
-            [
-                "ALIBABA_CLOUD_ROLE_ARN": OIDCTests.roleArn,
-                "ALIBABA_CLOUD_OIDC_PROVIDER_ARN": OIDCTests.providerArn,
-                "ALIBABA_CLOUD_OIDC_TOKEN_FILE": dir.path + "/token",
-            ]
-        }
-        var uriVariable: [String: String] { ["ALIBABA_CLOUD_CREDENTIALS_URI": uri.url] }
-        func auto(_ environment: [String: String], imds: String? = nil) -> AutoProvider {
-            AutoProvider(
-                environment: environment, imdsEndpoint: imds ?? ecs.endpoint, stsEndpoint: sts.endpoint,
-                clock: SystemRefreshClock())
-        }
-        var counts: (ecs: Int, sts: Int, uri: Int) { (ecs.requests, sts.requests, uri.requests) }
-    }
-
     @Test func envComesFirst() async throws {
-        let f = try await Fakes()
+        let f = try await Fixtures.AutoChainFakes()
         let auto = f.auto(f.env.merging(f.oidc) { a, _ in a }.merging(f.uriVariable) { a, _ in a })
         #expect(auto.name == "auto")
         let credentials = try await auto.fetch()
@@ -59,7 +19,7 @@ struct AutoChainTests {
     }
 
     @Test func oidcComesBeforeMetadataAndURI() async throws {
-        let f = try await Fakes()
+        let f = try await Fixtures.AutoChainFakes()
         let auto = f.auto(f.oidc.merging(f.uriVariable) { a, _ in a })
         let credentials = try await auto.fetch()
         await f.stop()
@@ -69,7 +29,7 @@ struct AutoChainTests {
     }
 
     @Test func metadataComesBeforeURIAndIsKept() async throws {
-        let f = try await Fakes()
+        let f = try await Fixtures.AutoChainFakes()
         let auto = f.auto(f.uriVariable)
         _ = try await auto.fetch()
         #expect(auto.name == "auto:ecs-ram-role")
@@ -87,7 +47,7 @@ struct AutoChainTests {
     }
 
     @Test func metadataDisabledGoesToURI() async throws {
-        let f = try await Fakes()
+        let f = try await Fixtures.AutoChainFakes()
         let auto = f.auto(
             f.uriVariable.merging(["ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true"]) { a, _ in a })
         _ = try await auto.fetch()
@@ -100,7 +60,7 @@ struct AutoChainTests {
     /// accepts and never answers, or refuses (AsyncHTTPClient retries a refused connect
     /// until its connect timeout), costs about 1 s, then the chain moves on.
     @Test func anAbsentMetadataServiceCostsLittle() async throws {
-        let f = try await Fakes()
+        let f = try await Fixtures.AutoChainFakes()
         f.ecs.set { $0.tokenMode = .hangs }
         let hanging = f.auto(f.uriVariable)
         var started = Date()
@@ -126,7 +86,7 @@ struct AutoChainTests {
     }
 
     @Test func nothingAvailableNamesWhatWasTried() async throws {
-        let f = try await Fakes()
+        let f = try await Fixtures.AutoChainFakes()
         let auto = f.auto(["ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true"])
         await f.stop()
         do {
@@ -143,11 +103,10 @@ struct AutoChainTests {
     }
 
     @Test func mountNamesTheChoiceInStatusAndLog() async throws {
-        let f = try await Fakes()
-        defer { Task { await f.stop() } }
+        let f = try await Fixtures.AutoChainFakes()
         let daemon = try Daemon(
             ["--imds-endpoint", f.ecs.endpoint],
-            environment: EcsMetadataTests.environment(f.uriVariable))
+            environment: Fixtures.environment(f.uriVariable))
         defer { daemon.stop() }
         try waitUntil("generation 1") { try daemon.generation() == 1 }
         #expect(try daemon.status()["provider"] as? String == "auto:ecs-ram-role")

@@ -3,7 +3,7 @@ import Testing
 
 /// Boot and operations (issue 4): permissions with a real second user, the systemd
 /// readiness protocol, crash recovery, the mount helper, and a secrets leak check.
-@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
+@Suite(.stopsFakes, .serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
 struct BootTests {
     static let secretFiles = ["credentials", "access_key_id", "access_key_secret", "token"]
     static let user: (uid: uid_t, gid: gid_t) = (1000, 1000)
@@ -12,7 +12,6 @@ struct BootTests {
     @Test func allowOtherWithUidGidAndModeDecidesWhoReads() async throws {
         let server = FakeCredentialServer()
         try await server.start()
-        defer { Task { await server.stop() } }
         let daemon = try Daemon([
             "--provider", "uri", "--uri", server.url, "--allow-other", "--uid", "1000", "--gid", "1000",
             "--mode",
@@ -58,7 +57,6 @@ struct BootTests {
         let server = FakeCredentialServer()
         server.setBehaviour(.status(500))
         try await server.start()
-        defer { Task { await server.stop() } }
         let socketDir = try TempDir()
         defer { socketDir.remove() }
         let listener = try NotifyListener(path: socketDir.path + "/notify")
@@ -93,7 +91,6 @@ struct BootTests {
     @Test func restartAfterSigkillClearsTheStaleMountAndServes() async throws {
         let server = FakeCredentialServer()
         try await server.start()
-        defer { Task { await server.stop() } }
         let first = try Daemon(["--provider", "uri", "--uri", server.url])
         first.removesDirectory = false
         kill(first.pid, SIGKILL)
@@ -171,7 +168,6 @@ struct BootTests {
     @Test func noSecretReachesLogsStatusOrArgv() async throws {
         let server = FakeCredentialServer()
         try await server.start()
-        defer { Task { await server.stop() } }
         let daemon = try Daemon(["--provider", "uri", "--uri", server.url, "--log-level", "trace"])
         defer { daemon.stop() }
         let cmdline = String(

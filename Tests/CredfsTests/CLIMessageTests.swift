@@ -3,7 +3,7 @@ import Foundation
 import Testing
 
 /// What `--help` and the one-line errors say (issue 26): each names what is allowed.
-@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
+@Suite(.stopsFakes, .serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
 struct CLIMessageTests {
     static var environment: [String: String] {
         var environment = Host.hermeticEnvironment
@@ -63,7 +63,6 @@ struct CLIMessageTests {
         let server = FakeCredentialServer()
         server.setBehaviour(.status(500))
         try await server.start()
-        defer { Task { await server.stop() } }
         let daemon = try Daemon(["--provider", "uri", "--uri", server.url])
         defer { daemon.stop() }
         try waitUntil("a failed fetch") { try daemon.status()["lastError"] is String }

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 
-@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
+@Suite(.stopsFakes, .serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
 struct CLITests {
     @Test(arguments: [
         ["mount", "/tmp/credfs-never", "--bogus"],
@@ -58,7 +58,6 @@ struct CLITests {
     @Test func mountReturnsWhenLiveAndSigtermUnmounts() async throws {
         let server = FakeCredentialServer()
         try await server.start()
-        defer { Task { await server.stop() } }
         let dir = try TempDir()
         let mountpoint = dir.path + "/not/yet/there"
         defer {
@@ -150,7 +149,6 @@ struct CLITests {
     @Test func getPrintsOneFetch() async throws {
         let server = FakeCredentialServer()
         try await server.start()
-        defer { Task { await server.stop() } }
         let token = try runCredfs(["get", "--provider", "uri", "--uri", server.url, "--field", "token"])
         #expect(token.status == 0)
         #expect(token.stdout == FakeCredentialServer.token(1))

@@ -89,3 +89,22 @@ func runChaosMatrix(
     }
     return measured
 }
+
+/// A fake's state with a chaos switch (every ``FakeUpstream`` but FakeCredentialServer).
+protocol ChaosState: RotatingState {
+    var chaos: Chaos? { get set }
+}
+
+/// The whole matrix against a mount of `fake`: waits for its first generation, runs every
+/// fault, and expects a measurement for each.
+@discardableResult
+func runChaosMatrix<Fake: FakeUpstream>(daemon: Daemon, fake: Fake, hangBound: TimeInterval) throws
+    -> [ChaosMeasurement] where Fake.State: ChaosState
+{
+    try waitUntil("generation 1") { try daemon.generation() == 1 }
+    let measured = try runChaosMatrix(
+        daemon: daemon, hangBound: hangBound, setChaos: { chaos in fake.set { $0.chaos = chaos } },
+        rotate: { fake.rotate() })
+    #expect(measured.count == Chaos.allCases.count)
+    return measured
+}

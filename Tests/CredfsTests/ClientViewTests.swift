@@ -3,7 +3,7 @@ import Testing
 
 /// Issue 5 through real mounts: pinned field reads, the `env` and `config.json` views,
 /// and the loopback credentials URI.
-@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(3)))
+@Suite(.stopsFakes, .serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(3)))
 struct ClientViewTests {
     /// Runs `script` with a shell (/bin/sh unless told), capturing its output.
     func shell(_ script: String, shell: String = "/bin/sh", environment: [String: String]? = nil)
@@ -17,7 +17,6 @@ struct ClientViewTests {
         // so a slow run under load does not see its pinned set expire half-way.
         let server = FakeCredentialServer(lifetime: 4, rotateOnEachRequest: true)
         try await server.start()
-        defer { Task { await server.stop() } }
         let daemon = try Daemon(["--provider", "uri", "--uri", server.url, "--refresh-before", "3"])
         defer { daemon.stop() }
         let first = try daemon.generation()
@@ -84,7 +83,6 @@ struct ClientViewTests {
     @Test func oneGroupKeepsItsGenerationAcrossARotationWhileOthersMoveOn() async throws {
         let server = FakeCredentialServer()
         try await server.start()
-        defer { Task { await server.stop() } }
         let daemon = try Daemon(["--provider", "uri", "--uri", server.url])
         defer { daemon.stop() }
         // This test process is one process group: its first field read pins it.
@@ -125,7 +123,6 @@ struct ClientViewTests {
     @Test func configJSONIsAnAliyunCLIProfile() async throws {
         let server = FakeCredentialServer()
         try await server.start()
-        defer { Task { await server.stop() } }
         let daemon = try Daemon(["--provider", "uri", "--uri", server.url, "--region", "cn-shanghai"])
         defer { daemon.stop() }
         let bytes = try #require(daemon.read("config.json").bytes)
@@ -151,7 +148,6 @@ struct ClientViewTests {
         let server = FakeCredentialServer(lifetime: 3600)
         server.setBehaviour(.status(500))
         try await server.start()
-        defer { Task { await server.stop() } }
         let port = 20000 + Int(getpid() % 10000)
         let daemon = try Daemon([
             "--provider", "uri", "--uri", server.url, "--serve-uri", "127.0.0.1:\(port)",

@@ -146,7 +146,7 @@ struct ControlPlaneTests {
         let log = dir.path + "/supervisor.log"
         var environment = Host.hermeticEnvironment
         environment[Supervisor.Limits.variable] = "log=\(log)"
-        let mount = try HitlessTests.Supervised(["--provider", "demo", "--allow-other"], environment: environment)
+        let mount = try Supervised(["--provider", "demo", "--allow-other"], environment: environment)
         defer { try? mount.stop() }
         let socket = ControlSocket.path(supervisor: mount.supervisor, uid: 0)
         let old = oldSupervisorName(mount.mountpoint)
@@ -176,7 +176,7 @@ struct ControlPlaneTests {
     /// A kill -9 is taken over (the successor process is seen before the mount is read: with
     /// the supervisor held, nothing would answer), a SIGHUP to the supervisor refreshes, an
     /// upgrade works.
-    static func supervisorServes(_ mount: HitlessTests.Supervised, restarts: Int) throws {
+    static func supervisorServes(_ mount: Supervised, restarts: Int) throws {
         let first = try mount.serverPID()
         kill(first, SIGKILL)
         try waitUntil("a successor process", timeout: 10) { childPIDs(of: mount.supervisor).contains { $0 != first } }
@@ -194,7 +194,7 @@ struct ControlPlaneTests {
     /// `credfs upgrade` run by another user is refused (it cannot even connect), and nothing
     /// changes.
     @Test func upgradeByAnotherUserIsRefused() throws {
-        let mount = try HitlessTests.Supervised(["--provider", "demo", "--allow-other"])
+        let mount = try Supervised(["--provider", "demo", "--allow-other"])
         defer { try? mount.stop() }
         // Another user may read the mount's status (it finds the supervisor from it).
         chmod(mount.dir.path, 0o755)
@@ -352,7 +352,7 @@ struct ControlPlaneTests {
         #expect(upgraded.status == 0, "\(upgraded.stderr)")
         clean(try mount.serverPID(), "successor after upgrade")
         #expect(parentPID(of: try mount.serverPID()) == supervisor)
-        if !sawParent { HitlessTests.report("argv: credfs mount exited before its cmdline could be read") }
+        if !sawParent { Timings.report("argv: credfs mount exited before its cmdline could be read") }
 
         let foreground = try Daemon(arguments)
         defer { foreground.stop() }

@@ -5,7 +5,7 @@ import Testing
 /// `credfs doctor` on a healthy mount and in each broken setup it claims to detect
 /// (issue 13). The metadata probe always points at 127.0.0.1: a closed port (nothing
 /// answers) or a fake metadata service.
-@Suite(.serialized) struct DoctorTests {
+@Suite(.stopsFakes, .serialized) struct DoctorTests {
     /// An environment with none of the variables doctor looks at.
     static var cleanEnvironment: [String: String] {
         ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("ALIBABA_CLOUD_") }
@@ -41,11 +41,8 @@ import Testing
     }
 
     @Test func aHealthyMountIsAllWell() async throws {
-        let (server, daemon) = try await healthyMount(["--allow-other", "--uid", "65534"])
-        defer {
-            daemon.stop()
-            Task { await server.stop() }
-        }
+        let (_, daemon) = try await healthyMount(["--allow-other", "--uid", "65534"])
+        defer { daemon.stop() }
         let result = try doctor(daemon.mountpoint, ["--user", "nobody"])
         print("doctor, healthy mount:\n\(result.stdout)")
         #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
@@ -74,10 +71,7 @@ import Testing
     @Test func failingUpstreamAndShortLifetime() async throws {
         // 10-minute credentials: served with under 15 minutes left from the start.
         let (server, daemon) = try await healthyMount(lifetime: 600)
-        defer {
-            daemon.stop()
-            Task { await server.stop() }
-        }
+        defer { daemon.stop() }
         var result = try doctor(daemon.mountpoint)
         #expect(result.status == 1)
         #expect(lines(of: "lifetime", in: result.stdout).hasPrefix("FAIL lifetime: credentials served with"))
@@ -94,11 +88,8 @@ import Testing
     }
 
     @Test func accessKeyVariablesAreNamedNeverShown() async throws {
-        let (server, daemon) = try await healthyMount()
-        defer {
-            daemon.stop()
-            Task { await server.stop() }
-        }
+        let (_, daemon) = try await healthyMount()
+        defer { daemon.stop() }
         var environment = Self.cleanEnvironment
         environment["ALIBABA_CLOUD_ACCESS_KEY_ID"] = "LTAI5tDoctorMustNotPrintThis"
         environment["ALIBABA_CLOUD_ACCESS_KEY_SECRET"] = "doctor-secret-must-not-print"
@@ -144,7 +135,6 @@ import Testing
         // A service that accepts and never answers.
         let hanging = FakeHTTPServer { _ in .hang }
         try await hanging.start()
-        defer { Task { await hanging.stop() } }
         let dir = try TempDir()
         defer { dir.remove() }
         let started = Date()
@@ -155,11 +145,8 @@ import Testing
     }
 
     @Test func userWhoCannotRead() async throws {
-        let (server, daemon) = try await healthyMount()
-        defer {
-            daemon.stop()
-            Task { await server.stop() }
-        }
+        let (_, daemon) = try await healthyMount()
+        defer { daemon.stop() }
         // Mounted by root without allow_other: nobody cannot even enter.
         var result = try doctor(daemon.mountpoint, ["--user", "nobody"])
         #expect(result.status == 1)
@@ -169,11 +156,8 @@ import Testing
     }
 
     @Test func userWhoCannotReadTheSecretFiles() async throws {
-        let (server, daemon) = try await healthyMount(["--allow-other"])
-        defer {
-            daemon.stop()
-            Task { await server.stop() }
-        }
+        let (_, daemon) = try await healthyMount(["--allow-other"])
+        defer { daemon.stop() }
         let result = try doctor(daemon.mountpoint, ["--user", "nobody"])
         #expect(result.status == 1)
         let line = lines(of: "user", in: result.stdout)
@@ -189,10 +173,7 @@ import Testing
         let server = FakeCredentialServer(clockOffset: 600)
         try await server.start()
         let daemon = try Daemon(["--provider", "uri", "--uri", server.url])
-        defer {
-            daemon.stop()
-            Task { await server.stop() }
-        }
+        defer { daemon.stop() }
         try waitUntil("credentials") { try daemon.generation() == 1 }
         let result = try doctor(daemon.mountpoint)
         #expect(result.status == 1)
@@ -238,13 +219,12 @@ import Testing
 }
 
 /// A real mount against an upstream whose clock runs 10 minutes ahead of or behind ours.
-@Suite(.serialized) struct SkewMountTests {
+@Suite(.stopsFakes, .serialized) struct SkewMountTests {
     @Test func upstreamTenMinutesAheadIsFollowed() async throws {
         // The cloud's clock is 10 min ahead: its sets expire 5 s after issue by its clock,
         // which the local clock would read as 10 min 5 s. credfs must stop serving after 5 s.
         let server = FakeCredentialServer(lifetime: 5, clockOffset: 600)
         try await server.start()
-        defer { Task { await server.stop() } }
         let daemon = try Daemon(["--provider", "uri", "--uri", server.url])
         defer { daemon.stop() }
         try waitUntil("credentials") { try daemon.generation() == 1 }
@@ -263,7 +243,6 @@ import Testing
     @Test func upstreamTenMinutesBehindKeepsTheLocalClock() async throws {
         let server = FakeCredentialServer(lifetime: 3600, clockOffset: -600)
         try await server.start()
-        defer { Task { await server.stop() } }
         let daemon = try Daemon(["--provider", "uri", "--uri", server.url])
         defer { daemon.stop() }
         try waitUntil("credentials") { try daemon.generation() == 1 }

@@ -5,40 +5,17 @@ import Testing
 @testable import CredentialCore
 
 /// `ecs-ram-role` against a fake metadata service on 127.0.0.1 (never 100.100.100.200).
-@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(3)))
+@Suite(.stopsFakes, .serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(3)))
 struct EcsMetadataTests {
-    /// An environment for a daemon that must not reach any real metadata service.
-    static func environment(_ extra: [String: String] = [:]) -> [String: String] {
-        var environment = Host.hermeticEnvironment
-        for key in [
-            "ALIBABA_CLOUD_ECS_METADATA", "ALIBABA_CLOUD_IMDSV1_DISABLED", "ALIBABA_CLOUD_ACCESS_KEY_ID",
-            "ALIBABA_CLOUD_ACCESS_KEY_SECRET", "ALIBABA_CLOUD_CREDENTIALS_URI", "ALIBABA_CLOUD_ROLE_ARN",
-            "ALIBABA_CLOUD_OIDC_PROVIDER_ARN", "ALIBABA_CLOUD_OIDC_TOKEN_FILE",
-            "ALIBABA_CLOUD_ECS_METADATA_DISABLED",
-        ] {
-            environment[key] = nil
-        }
-        for (key, value) in extra { environment[key] = value }
-        return environment
-    }
-
-    // MARK: through a real mount
-
     @Test func servesRotatingCredentialsWithOneGetPerRefreshOnceTokenAndRoleAreKnown() async throws {
         let fake = FakeMetadataServer(tokenMode: .required)
         try await fake.start()
-        defer { Task { await fake.stop() } }
         let daemon = try Daemon(
             ["--provider", "ecs-ram-role", "--imds-endpoint", fake.endpoint],
-            environment: Self.environment())
+            environment: Fixtures.environment())
         defer { daemon.stop() }
 
-        try waitUntil("generation 1") { try daemon.generation() == 1 }
-        let expiration = try #require(daemon.read("expiration").text)
-        #expect(
-            daemon.read("credentials").text
-                == expectedCredentialsFile(generation: 1, expiration: expiration))
-        #expect(try daemon.status()["provider"] as? String == "ecs-ram-role")
+        try daemon.expectFirstGeneration(provider: "ecs-ram-role")
         let first = fake.read { ($0.tokenPuts, $0.roleListGets, $0.credentialGets) }
         #expect(first == (1, 1, 1))
 
@@ -73,10 +50,9 @@ struct EcsMetadataTests {
     @Test func refusesIMDSv1WhenDisabledAndUsesTheTokenOnceItWorks() async throws {
         let fake = FakeMetadataServer(tokenMode: .broken(403))
         try await fake.start()
-        defer { Task { await fake.stop() } }
         let daemon = try Daemon(
             ["--provider", "ecs-ram-role", "--imds-endpoint", fake.endpoint, "--initial-wait", "1"],
-            environment: Self.environment(["ALIBABA_CLOUD_IMDSV1_DISABLED": "true"]))
+            environment: Fixtures.environment(["ALIBABA_CLOUD_IMDSV1_DISABLED": "true"]))
         defer { daemon.stop() }
 
         try waitUntil("a failure in status") { try daemon.status()["lastError"] is String }
@@ -101,10 +77,9 @@ struct EcsMetadataTests {
     @Test func fallsBackToIMDSv1WhenTheTokenEndpointIsBroken() async throws {
         let fake = FakeMetadataServer(tokenMode: .broken(404))
         try await fake.start()
-        defer { Task { await fake.stop() } }
         let daemon = try Daemon(
             ["--provider", "ecs-ram-role", "--imds-endpoint", fake.endpoint],
-            environment: Self.environment())
+            environment: Fixtures.environment())
         defer { daemon.stop() }
         try waitUntil("credentials over IMDSv1") {
             daemon.read("access_key_id").text == FakeCredentialServer.accessKeyId(1)
@@ -116,17 +91,11 @@ struct EcsMetadataTests {
     @Test func chaosMatrixKeepsLastGoodAndRecovers() async throws {
         let fake = FakeMetadataServer(tokenMode: .required)
         try await fake.start()
-        defer { Task { await fake.stop() } }
         let daemon = try Daemon(
             ["--provider", "ecs-ram-role", "--imds-endpoint", fake.endpoint],
-            environment: Self.environment())
+            environment: Fixtures.environment())
         defer { daemon.stop() }
-        try waitUntil("generation 1") { try daemon.generation() == 1 }
-
-        let measured = try runChaosMatrix(
-            daemon: daemon, hangBound: 2.5, setChaos: { chaos in fake.set { $0.chaos = chaos } },
-            rotate: { fake.rotate() })
-        #expect(measured.count == Chaos.allCases.count)
+        try runChaosMatrix(daemon: daemon, fake: fake, hangBound: 2.5)
         // The token survived all of it: no fault was the token's.
         #expect(fake.read { $0.tokenPuts } == 1)
         #expect(!daemon.log.contains("imds-token-"))
@@ -137,7 +106,6 @@ struct EcsMetadataTests {
     @Test func tokenIsRenewedShortlyBeforeItsTTLEnds() async throws {
         let fake = FakeMetadataServer(lifetime: 86_400)
         try await fake.start()
-        defer { Task { await fake.stop() } }
         let clock = ManualClock(Date())
         let provider = EcsMetadataProvider(endpoint: fake.endpoint, clock: clock)
         _ = try await provider.fetch()
@@ -154,7 +122,6 @@ struct EcsMetadataTests {
     @Test func roleIsLookedUpAgainOnlyOn404() async throws {
         let fake = FakeMetadataServer()
         try await fake.start()
-        defer { Task { await fake.stop() } }
         let provider = EcsMetadataProvider(endpoint: fake.endpoint, clock: SystemRefreshClock())
         _ = try await provider.fetch()
         _ = try await provider.fetch()
@@ -173,7 +140,6 @@ struct EcsMetadataTests {
     @Test func configuredRoleIsNeverLookedUp() async throws {
         let fake = FakeMetadataServer()
         try await fake.start()
-        defer { Task { await fake.stop() } }
         let provider = EcsMetadataProvider(endpoint: fake.endpoint, role: "EcsRamRoleTest", clock: SystemRefreshClock())
         _ = try await provider.fetch()
         #expect(fake.read { $0.roleListGets } == 0)
@@ -186,7 +152,6 @@ struct EcsMetadataTests {
     @Test func aRejectedTokenIsDroppedAndReplaced() async throws {
         let fake = FakeMetadataServer()
         try await fake.start()
-        defer { Task { await fake.stop() } }
         let provider = EcsMetadataProvider(endpoint: fake.endpoint, clock: SystemRefreshClock())
         _ = try await provider.fetch()
         fake.set { $0.issued = [] }  // the service forgot every token (restart)
@@ -198,7 +163,6 @@ struct EcsMetadataTests {
     @Test func aHangingTokenEndpointFallsBackToIMDSv1() async throws {
         let fake = FakeMetadataServer(tokenMode: .hangs)
         try await fake.start()
-        defer { Task { await fake.stop() } }
         let provider = EcsMetadataProvider(endpoint: fake.endpoint, clock: SystemRefreshClock())
         let started = Date()
         let credentials = try await provider.fetch()
@@ -216,7 +180,6 @@ struct EcsMetadataTests {
         let fake = FakeMetadataServer()
         fake.set { $0.role = "" }
         try await fake.start()
-        defer { Task { await fake.stop() } }
         let provider = EcsMetadataProvider(endpoint: fake.endpoint, clock: SystemRefreshClock())
         do {
             _ = try await provider.fetch(probing: false)

@@ -6,7 +6,7 @@ import Foundation
 /// and a `Signature` that ``ReferenceRPCSigner`` (the tests' own HMAC-SHA1) recomputes.
 /// Good requests get rotating credentials (`FakeCredentialServer`'s values) in STS's
 /// layout; the fake can also refuse (Code/Message) or misbehave (the chaos matrix).
-final class FakeAssumeRoleServer: Sendable {
+final class FakeAssumeRoleServer: FakeUpstream {
     /// A key STS knows: its secret, and the SecurityToken that must come with it.
     struct Key: Sendable {
         var secret: String
@@ -20,7 +20,7 @@ final class FakeAssumeRoleServer: Sendable {
         var rejected: String?
     }
 
-    struct State {
+    struct State: ChaosState {
         var credentials: FakeGenerations
         var keys: [String: Key]
         var chaos: Chaos?
@@ -34,17 +34,9 @@ final class FakeAssumeRoleServer: Sendable {
     let http: FakeHTTPServer
 
     init(keys: [String: Key], lifetime: TimeInterval = 3600) {
-        let state = Locked(State(credentials: FakeGenerations(lifetime: lifetime), keys: keys))
-        self.state = state
-        http = FakeHTTPServer { request in Self.answer(request, state) }
+        (state, http) = Self.serving(State(credentials: FakeGenerations(lifetime: lifetime), keys: keys))
     }
 
-    func start() async throws { try await http.start() }
-    func stop() async { await http.stop() }
-    var endpoint: String { http.baseURL }
-    func set(_ change: (inout State) -> Void) { state.withLock { change(&$0) } }
-    func read<T>(_ get: (State) -> T) -> T { state.withLock { get($0) } }
-    func rotate() { state.withLock { $0.credentials.rotate() } }
     var requests: Int { read { $0.seen.count } }
     /// Requests whose signature and parameters passed.
     var verified: Int { read { $0.seen.filter { $0.rejected == nil }.count } }

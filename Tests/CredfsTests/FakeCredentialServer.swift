@@ -4,7 +4,7 @@ import Synchronization
 /// A credentials-URI server on 127.0.0.1 that speaks the real protocol over real HTTP
 /// and can be told to rotate, fail or hang. Generation `n` has recognisable values
 /// (`STS.FAKE<n>…`, `secret-<n>-…`, `token-<n>-…`) so a reader can tell generations apart.
-final class FakeCredentialServer: Sendable {
+final class FakeCredentialServer: FakeUpstream {
     enum Behaviour: Sendable, Equatable {
         /// 200 with the current generation.
         case serve
@@ -23,21 +23,21 @@ final class FakeCredentialServer: Sendable {
         var rotateOnEachRequest = false
         var lifetime: TimeInterval
         var expiration: Date?
+        /// The fake's clock minus the local clock: its `Date` header and the Expiration it
+        /// hands out follow it (nil: no `Date` header, local clock).
+        var clockOffset: TimeInterval?
     }
 
-    let state: Mutex<State>
-    private let http: Mutex<FakeHTTPServer?> = Mutex(nil)
-
-    /// The fake's clock minus the local clock: its `Date` header and the Expiration it
-    /// hands out follow it (nil: no `Date` header, local clock).
-    let clockOffset: TimeInterval?
+    let state: Locked<State>
+    let http: FakeHTTPServer
 
     init(lifetime: TimeInterval = 3600, rotateOnEachRequest: Bool = false, clockOffset: TimeInterval? = nil) {
-        state = Mutex(State(rotateOnEachRequest: rotateOnEachRequest, lifetime: lifetime))
-        self.clockOffset = clockOffset
+        (state, http) = Self.serving(
+            State(rotateOnEachRequest: rotateOnEachRequest, lifetime: lifetime, clockOffset: clockOffset),
+            dateOffset: clockOffset)
     }
 
-    var port: Int { http.withLock { $0?.port ?? 0 } }
+    var port: Int { http.port }
     var url: String { "http://127.0.0.1:\(port)/credentials" }
     var requests: Int { state.withLock { $0.requests } }
     var generation: Int { state.withLock { $0.generation } }
@@ -71,32 +71,15 @@ final class FakeCredentialServer: Sendable {
         return nil
     }
 
-    func start() async throws {
-        let server = FakeHTTPServer(dateOffset: clockOffset) { [self] _ in
-            guard let (status, body) = answer() else { return .hang }
-            return .respond(status: status, body: body)
-        }
-        try await server.start()
-        http.withLock { $0 = server }
-    }
-
-    func stop() async {
-        let server = http.withLock { h -> FakeHTTPServer? in
-            defer { h = nil }
-            return h
-        }
-        await server?.stop()
-    }
-
-    /// Decides the answer to one request.
-    func answer() -> (status: Int, body: String)? {
+    /// Decides the answer to one request (any path, any method).
+    static func answer(_ request: FakeRequest, _ state: Locked<State>) -> FakeReply {
         state.withLock { s in
             s.requests += 1
             switch s.behaviour {
-            case .hang: return nil
-            case .notJSON: return (200, "<html>not json</html>")
+            case .hang: return .hang
+            case .notJSON: return .respond(status: 200, body: "<html>not json</html>")
             case .status(let code):
-                return (code, #"{"Code":"InternalError","Message":"fake upstream is failing"}"#)
+                return .respond(status: code, body: #"{"Code":"InternalError","Message":"fake upstream is failing"}"#)
             case .serve:
                 if s.rotateOnEachRequest, s.expiration != nil {
                     s.generation += 1
@@ -104,7 +87,7 @@ final class FakeCredentialServer: Sendable {
                 }
                 if s.expiration == nil {
                     s.expiration = Date(
-                        timeIntervalSince1970: (Date().timeIntervalSince1970 + (clockOffset ?? 0) + s.lifetime)
+                        timeIntervalSince1970: (Date().timeIntervalSince1970 + (s.clockOffset ?? 0) + s.lifetime)
                             .rounded(.down))
                 }
                 let g = s.generation
@@ -113,7 +96,7 @@ final class FakeCredentialServer: Sendable {
                     {"Code":"Success","AccessKeyId":"\(Self.accessKeyId(g))","AccessKeySecret":"\(Self.secret(g))",\
                     "SecurityToken":"\(Self.token(g))","Expiration":"\(expiration)"}
                     """
-                return (200, body)
+                return .respond(status: 200, body: body)
             }
         }
     }

@@ -70,6 +70,7 @@ final class FakeHTTPServer: Sendable {
             }
         let bound = try await bootstrap.bind(host: "127.0.0.1", port: 0).get()
         channel.withLock { $0 = bound }
+        FakeScope.current?.add(self)
     }
 
     func stop() async {

@@ -4,7 +4,7 @@ import Synchronization
 /// An ECS metadata service on 127.0.0.1 that speaks the real protocol: IMDSv2 tokens
 /// (`PUT /latest/api/token`), role discovery and the role's credentials, with counters
 /// for every kind of request and a chaos switch on the credentials answer.
-final class FakeMetadataServer: Sendable {
+final class FakeMetadataServer: FakeUpstream {
     enum TokenMode: Sendable, Equatable {
         /// Tokens are issued; requests without a valid one get 401.
         case required
@@ -16,7 +16,7 @@ final class FakeMetadataServer: Sendable {
         case hangs
     }
 
-    struct State {
+    struct State: ChaosState {
         var tokenMode = TokenMode.required
         var role = "EcsRamRoleTest"
         var chaos: Chaos?
@@ -35,19 +35,9 @@ final class FakeMetadataServer: Sendable {
     let http: FakeHTTPServer
 
     init(lifetime: TimeInterval = 3600, tokenMode: TokenMode = .required) {
-        let state = Locked(
-            State(tokenMode: tokenMode, credentials: FakeGenerations(lifetime: lifetime)))
-        self.state = state
-        http = FakeHTTPServer { request in Self.answer(request, state) }
+        (state, http) = Self.serving(State(tokenMode: tokenMode, credentials: FakeGenerations(lifetime: lifetime)))
     }
 
-    func start() async throws { try await http.start() }
-    func stop() async { await http.stop() }
-    var endpoint: String { http.baseURL }
-
-    func set(_ change: (inout State) -> Void) { state.withLock { change(&$0) } }
-    func read<T>(_ get: (State) -> T) -> T { state.withLock { get($0) } }
-    func rotate() { state.withLock { $0.credentials.rotate() } }
     var requests: Int { read { $0.tokenPuts + $0.roleListGets + $0.credentialGets } }
 
     static let prefix = "/latest/meta-data/ram/security-credentials/"

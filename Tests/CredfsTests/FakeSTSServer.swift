@@ -3,7 +3,7 @@ import Foundation
 /// STS on 127.0.0.1, plain HTTP: answers AssumeRoleWithOIDC (RPC style, parameters in the
 /// query and the form body) with rotating credentials in STS's own layout, checks the
 /// request, and can be told to refuse (STS Code/Message) or misbehave (the chaos matrix).
-final class FakeSTSServer: Sendable {
+final class FakeSTSServer: FakeUpstream {
     struct Seen: Sendable {
         var method: String
         var query: [String: String]
@@ -11,7 +11,7 @@ final class FakeSTSServer: Sendable {
         var rawQuery: String
     }
 
-    struct State {
+    struct State: ChaosState {
         var credentials: FakeGenerations
         var chaos: Chaos?
         /// Answer with this STS error (status, Code, Message).
@@ -25,17 +25,9 @@ final class FakeSTSServer: Sendable {
     let http: FakeHTTPServer
 
     init(lifetime: TimeInterval = 3600) {
-        let state = Locked(State(credentials: FakeGenerations(lifetime: lifetime)))
-        self.state = state
-        http = FakeHTTPServer { request in Self.answer(request, state) }
+        (state, http) = Self.serving(State(credentials: FakeGenerations(lifetime: lifetime)))
     }
 
-    func start() async throws { try await http.start() }
-    func stop() async { await http.stop() }
-    var endpoint: String { http.baseURL }
-    func set(_ change: (inout State) -> Void) { state.withLock { change(&$0) } }
-    func read<T>(_ get: (State) -> T) -> T { state.withLock { get($0) } }
-    func rotate() { state.withLock { $0.credentials.rotate() } }
     var requests: Int { read { $0.seen.count } }
 
     static func error(_ status: Int, _ code: String, _ message: String) -> FakeReply {

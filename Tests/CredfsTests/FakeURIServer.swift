@@ -4,8 +4,8 @@ import Foundation
 /// `{"Code":"Success","AccessKeyId",…}` layout) on ``FakeHTTPServer``, with every fault of
 /// the chaos matrix. Hands out ``FakeGenerations`` (FakeCredentialServer's values), or one
 /// fixed set when it stands in as the source that signs AssumeRole.
-final class FakeURIServer: Sendable {
-    struct State {
+final class FakeURIServer: FakeUpstream {
+    struct State: ChaosState {
         var credentials: FakeGenerations
         var chaos: Chaos?
         /// Serve this set instead of the rotating generations.
@@ -17,16 +17,10 @@ final class FakeURIServer: Sendable {
     let http: FakeHTTPServer
 
     init(lifetime: TimeInterval = 3600) {
-        let state = Locked(State(credentials: FakeGenerations(lifetime: lifetime)))
-        self.state = state
-        http = FakeHTTPServer { request in Self.answer(request, state) }
+        (state, http) = Self.serving(State(credentials: FakeGenerations(lifetime: lifetime)))
     }
 
-    func start() async throws { try await http.start() }
-    func stop() async { await http.stop() }
     var url: String { http.baseURL + "/credentials" }
-    func set(_ change: (inout State) -> Void) { state.withLock { change(&$0) } }
-    func rotate() { state.withLock { $0.credentials.rotate() } }
     var requests: Int { state.withLock { $0.requests } }
 
     static func answer(_ request: FakeRequest, _ state: Locked<State>) -> FakeReply {

@@ -10,7 +10,7 @@ import Testing
 /// Debian) is a bind mount of that bundle plus the test CA. The mount directory is a shared
 /// bind mount for the test's length, so the daemon's FUSE mount shows here too. Nothing of
 /// the machine changes (checked: the system bundle's fingerprint before and after).
-@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(3)))
+@Suite(.stopsFakes, .serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(3)))
 struct HTTPSMountTests {
     static let systemBundle = "/etc/ssl/certs/ca-certificates.crt"
     static let hasBundle = FileManager.default.fileExists(atPath: systemBundle)
@@ -179,7 +179,6 @@ struct HTTPSMountTests {
         let certificates = try Certificates(in: work.path)
         let upstream = FakeCredentialServer()
         try await upstream.start()
-        defer { Task { await upstream.stop() } }
 
         // A certificate for 127.0.0.1 by the trusted CA: served.
         let good = try TLSFront(
@@ -229,9 +228,8 @@ struct HTTPSMountTests {
         let work = try TempDir()
         defer { work.remove() }
         let certificates = try Certificates(in: work.path)
-        let sts = RamRoleArnTests.fakeSTS()
+        let sts = Fixtures.fakeAssumeRole()
         try await sts.start()
-        defer { Task { await sts.stop() } }
         let front = try TLSFront(
             certificate: certificates.cert("good"), key: certificates.key("good"), forwardPort: sts.http.port,
             log: work.path + "/sts.log")
@@ -239,9 +237,9 @@ struct HTTPSMountTests {
         try withTrustingDaemon(
             certificates,
             [
-                "--provider", "ram-role-arn", "--source-provider", "env", "--role-arn", RamRoleArnTests.roleArn,
+                "--provider", "ram-role-arn", "--source-provider", "env", "--role-arn", Fixtures.assumedRoleArn,
                 "--sts-endpoint", front.url,
-            ], environment: RamRoleArnTests.environment()
+            ], environment: Fixtures.ramRoleArnEnvironment()
         ) { daemon in
             try waitUntil("generation 1 from STS over TLS") { try daemon.generation() == 1 }
             sts.rotate()

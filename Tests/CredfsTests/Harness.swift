@@ -194,6 +194,17 @@ final class Daemon {
     }
 
     func generation() throws -> Int { try status()["generation"] as? Int ?? -1 }
+
+    /// Waits for generation 1 and checks it: `credentials` is the fakes' generation 1 byte
+    /// for byte, and `status` names `provider`. Returns the `expiration` file.
+    @discardableResult
+    func expectFirstGeneration(provider: String) throws -> String {
+        try waitUntil("generation 1") { try generation() == 1 }
+        let expiration = try #require(read("expiration").text)
+        #expect(read("credentials").text == expectedCredentialsFile(generation: 1, expiration: expiration))
+        #expect(try status()["provider"] as? String == provider)
+        return expiration
+    }
     func state() throws -> String { try status()["state"] as? String ?? "?" }
 
     func signal(_ sig: Int32) { kill(process.processIdentifier, sig) }

@@ -4,39 +4,8 @@ import Testing
 /// What a takeover carries besides the credentials (docs/hitless.md), through real mounts:
 /// the process-group pins with the generations they hold, and the ECS metadata provider's
 /// token and role name. Timings are reported, never asserted.
-@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(3)))
+@Suite(.stopsFakes, .serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(3)))
 struct HitlessStateTests {
-    typealias Supervised = HitlessTests.Supervised
-
-    /// The states the supervisor holds now (each `state.N` memfd it keeps), parsed. Read
-    /// through `/proc/PID/fd`, as root; the test never prints them (they hold secrets).
-    static func carriedStates(supervisor: pid_t) -> [[String: Any]] {
-        let dir = "/proc/\(supervisor)/fd"
-        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return [] }
-        var states: [[String: Any]] = []
-        for entry in entries {
-            guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: dir + "/" + entry),
-                target.hasPrefix("/memfd:credfs-state")
-            else { continue }
-            guard let bytes = readFile(dir + "/" + entry).bytes,
-                let object = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any]
-            else { continue }
-            states.append(object)
-        }
-        return states
-    }
-
-    /// Waits until every state the supervisor holds satisfies `condition`, so a kill now
-    /// hands the successor such a state (the server pushes a few ms after each change).
-    static func waitForCarriedState(
-        _ what: String, supervisor: pid_t, _ condition: @escaping ([String: Any]) -> Bool
-    ) throws {
-        try waitUntil("a carried state with \(what)") {
-            let states = carriedStates(supervisor: supervisor)
-            return !states.isEmpty && states.allSatisfy(condition)
-        }
-    }
-
     /// One process group (a script) reads `access_key_id` of generation 1, the credentials
     /// rotate to generation 2, the server is replaced (kill -9 or `credfs upgrade`); then the
     /// same group reads `access_key_secret` and `token` of generation 1 from the successor,
@@ -45,7 +14,6 @@ struct HitlessStateTests {
     func aPinnedGroupKeepsItsGenerationAcrossATakeover(_ takeover: String) async throws {
         let server = FakeCredentialServer()
         try await server.start()
-        defer { Task { await server.stop() } }
         let logDir = try TempDir()
         defer { logDir.remove() }
         let logFile = logDir.path + "/credfs.log"
@@ -84,7 +52,7 @@ struct HitlessStateTests {
         kill(old, SIGHUP)
         try waitUntil("generation 2") { (try? mount.status()["generation"] as? Int) == 2 }
         #expect(readFileAsNewGroup(mount.path("access_key_id")) == FakeCredentialServer.accessKeyId(2))
-        try Self.waitForCarriedState("generation 2 and the group's pin", supervisor: mount.supervisor) { state in
+        try SupervisorStore.waitFor("generation 2 and the group's pin", supervisor: mount.supervisor) { state in
             let credentials = state["credentials"] as? [String: Any]
             let pins = (state["pins"] as? [String: Any])?["pins"] as? [[String: Any]] ?? []
             return credentials?["generation"] as? Int == 2 && pins.contains { $0["generation"] as? Int == 1 }
@@ -126,7 +94,7 @@ struct HitlessStateTests {
             #expect(!log.contains(FakeCredentialServer.secret(generation)), "a secret reached the log")
             #expect(!log.contains(FakeCredentialServer.token(generation)), "a token reached the log")
         }
-        HitlessTests.report(
+        Timings.report(
             "pinned group across \(takeover): takeover \(Int(took * 1000)) ms, group's reads spanned \(Int(held * 1000)) ms of its 10 s pin"
         )
     }
@@ -137,13 +105,12 @@ struct HitlessStateTests {
     @Test func theMetadataTokenAndRoleCarryOver() async throws {
         let fake = FakeMetadataServer(tokenMode: .required)
         try await fake.start()
-        defer { Task { await fake.stop() } }
         let logDir = try TempDir()
         defer { logDir.remove() }
         let logFile = logDir.path + "/credfs.log"
         let mount = try Supervised(
             ["--provider", "ecs-ram-role", "--imds-endpoint", fake.endpoint, "--log-file", logFile],
-            environment: EcsMetadataTests.environment())
+            environment: Fixtures.environment())
         defer { try? mount.stop() }
         try waitUntil("the first credentials") { (try? mount.status()["generation"] as? Int) == 1 }
         func counts() -> (tokens: Int, roles: Int, gets: Int, tokenless: Int, rejected: Int) {
@@ -151,7 +118,7 @@ struct HitlessStateTests {
         }
         #expect(counts() == (1, 1, 1, 0, 0))
         // A state pushed during the first fetch has the token but no credentials yet.
-        try Self.waitForCarriedState("generation 1, the metadata token and role", supervisor: mount.supervisor) {
+        try SupervisorStore.waitFor("generation 1, the metadata token and role", supervisor: mount.supervisor) {
             state in
             let provider = state["provider"] as? [String: Any]
             let values = provider?["values"] as? [String: String] ?? [:]
@@ -186,10 +153,10 @@ struct HitlessStateTests {
             #expect(after.gets == before.gets + 1)
             #expect(after.tokenless == 0 && after.rejected == 0)
             #expect(readFileAsNewGroup(mount.path("token")) == FakeCredentialServer.token(generation))
-            HitlessTests.report(
+            Timings.report(
                 "ecs-ram-role across \(takeover): token requests \(before.tokens) -> \(after.tokens), role lookups \(before.roles) -> \(after.roles), credential GETs \(before.gets) -> \(after.gets)"
             )
-            try Self.waitForCarriedState("generation \(generation)", supervisor: mount.supervisor) { state in
+            try SupervisorStore.waitFor("generation \(generation)", supervisor: mount.supervisor) { state in
                 (state["credentials"] as? [String: Any])?["generation"] as? Int == generation
                     && state["provider"] != nil
             }

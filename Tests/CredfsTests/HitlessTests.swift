@@ -8,138 +8,12 @@ import Testing
 
 /// Takeover of a live mount (docs/hitless.md): kill -9, upgrade, the fd store protocol.
 /// Timings are reported on stderr, never asserted.
-@Suite(.serialized) struct HitlessTests {
-    /// A mount made without -f: supervisor plus server.
-    final class Supervised {
-        let dir: TempDir
-        let mountpoint: String
-        let supervisor: pid_t
-
-        init(_ arguments: [String], environment: [String: String]? = nil) throws {
-            dir = try TempDir()
-            mountpoint = dir.path + "/mnt"
-            let result = try runCredfs(["mount", mountpoint] + arguments, environment: environment)
-            guard result.status == 0 else {
-                dir.remove()
-                throw HarnessError(description: "mount failed: \(result.stderr)")
-            }
-            var found: pid_t = 0
-            if let pid = daemonPID(mountpoint: mountpoint) { found = parentPID(of: pid) ?? 0 }
-            supervisor = found
-        }
-
-        func path(_ name: String) -> String { mountpoint + "/" + name }
-
-        func status() throws -> [String: Any] {
-            let read = readFile(path("status"))
-            guard let bytes = read.bytes,
-                let object = try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any]
-            else { throw HarnessError(description: "status unreadable: errno \(read.error)") }
-            return object
-        }
-
-        func serverPID() throws -> pid_t { pid_t(try status()["pid"] as? Int ?? -1) }
-
-        func device() -> UInt {
-            var st = stat()
-            return stat(mountpoint, &st) == 0 ? UInt(st.st_dev) : 0
-        }
-
-        var stopped = false
-
-        /// `credfs unmount`; then the supervisor must be gone and nothing mounted.
-        func stop() throws {
-            if stopped {
-                dir.remove()
-                return
-            }
-            stopped = true
-            defer {
-                if isMounted(mountpoint) { umount2(mountpoint, Int32(MNT_DETACH)) }
-                if supervisor > 0, kill(supervisor, 0) == 0 { kill(supervisor, SIGKILL) }
-                dir.remove()
-            }
-            let result = try runCredfs(["unmount", mountpoint])
-            #expect(result.status == 0, "\(result.stderr)")
-            try waitUntil("the supervisor to exit", timeout: 5) { supervisor <= 0 || !isAlive(supervisor) }
-            try waitUntil("the server to exit", timeout: 5) { daemonPID(mountpoint: mountpoint) == nil }
-            #expect(!isMounted(mountpoint))
-        }
-    }
-
-    /// Readers doing open + read + close of `credentials` without pause; every failure and
-    /// the longest single read are kept.
-    final class Readers: @unchecked Sendable {
-        struct Tally {
-            var reads = 0
-            var failures: [String] = []
-            var longest: TimeInterval = 0
-            var keys: Set<String> = []
-        }
-        let tally = Mutex(Tally())
-        let running = Atomic<Bool>(true)
-        var threads: [Thread] = []
-        let finished = Atomic<Int>(0)
-
-        init(path: String, count: Int) {
-            for _ in 0..<count {
-                let thread = Thread { [self] in
-                    while running.load(ordering: .relaxed) {
-                        let start = Date()
-                        let read = readFile(path)
-                        let took = Date().timeIntervalSince(start)
-                        let text = read.text ?? ""
-                        let key = Self.accessKeyId(in: text)
-                        tally.withLock { t in
-                            t.reads += 1
-                            t.longest = max(t.longest, took)
-                            if read.bytes == nil {
-                                t.failures.append("errno \(read.error)")
-                            } else if key == nil || !text.hasSuffix("}\n") {
-                                t.failures.append("bad content (\(text.utf8.count) bytes)")
-                            } else if let key {
-                                t.keys.insert(key)
-                            }
-                        }
-                    }
-                    finished.add(1, ordering: .relaxed)
-                }
-                threads.append(thread)
-                thread.start()
-            }
-        }
-
-        static func accessKeyId(in text: String) -> String? {
-            guard let range = text.range(of: "\"AccessKeyId\": \"") else { return nil }
-            let rest = text[range.upperBound...]
-            guard let end = rest.firstIndex(of: "\"") else { return nil }
-            return String(rest[..<end])
-        }
-
-        func reads() -> Int { tally.withLock { $0.reads } }
-
-        func stop() throws -> Tally {
-            running.store(false, ordering: .relaxed)
-            try waitUntil("the readers to finish", timeout: 10) { finished.load(ordering: .relaxed) == threads.count }
-            return tally.withLock { $0 }
-        }
-    }
-
-    static func median(_ values: [Double]) -> Double {
-        let sorted = values.sorted()
-        return sorted.isEmpty ? 0 : sorted[sorted.count / 2]
-    }
-
-    static func report(_ line: String) {
-        FileHandle.standardError.write(Data("hitless: \(line)\n".utf8))
-    }
-
+@Suite(.stopsFakes, .serialized) struct HitlessTests {
     /// kill -9 of the server: a successor serves the same mount (same st_dev), readers see
     /// no failure, the credentials carry over without an upstream request.
     @Test func killNineTakeoverFailsNoRead() async throws {
         let server = FakeCredentialServer()
         try await server.start()
-        defer { Task { await server.stop() } }
         let mount = try Supervised(["--provider", "uri", "--uri", server.url])
         defer { try? mount.stop() }
         #expect(mount.supervisor > 0)
@@ -168,8 +42,8 @@ import Testing
         #expect(tally.keys == [FakeCredentialServer.accessKeyId(1)])
         // Fresh credentials carried over: no successor asked the upstream.
         #expect(server.requests == 1)
-        Self.report(
-            "kill -9 takeover: median \(Int(Self.median(takeovers) * 1000)) ms, max \(Int((takeovers.max() ?? 0) * 1000)) ms; \(tally.reads) reads, \(tally.failures.count) failed, longest read \(Int(tally.longest * 1000)) ms"
+        Timings.report(
+            "kill -9 takeover: median \(Int(Timings.median(takeovers) * 1000)) ms, max \(Int((takeovers.max() ?? 0) * 1000)) ms; \(tally.reads) reads, \(tally.failures.count) failed, longest read \(Int(tally.longest * 1000)) ms"
         )
     }
 
@@ -177,7 +51,6 @@ import Testing
     @Test func upstreamDownThenKillServesLastGoodCredentials() async throws {
         let server = FakeCredentialServer()
         try await server.start()
-        defer { Task { await server.stop() } }
         let mount = try Supervised(["--provider", "uri", "--uri", server.url])
         defer { try? mount.stop() }
         try waitUntil("the first credentials") { (try? mount.status()["generation"] as? Int) == 1 }
@@ -208,7 +81,6 @@ import Testing
     @Test func upgradeReplacesTheServer() async throws {
         let server = FakeCredentialServer()
         try await server.start()
-        defer { Task { await server.stop() } }
         let mount = try Supervised(["--provider", "uri", "--uri", server.url])
         defer { try? mount.stop() }
         let device = mount.device()
@@ -249,8 +121,8 @@ import Testing
         let tally = try readers.stop()
         #expect(tally.failures.isEmpty, "\(tally.failures.prefix(5))")
         #expect(server.requests == 1)
-        Self.report(
-            "upgrade: median \(Int(Self.median(times) * 1000)) ms, max \(Int((times.max() ?? 0) * 1000)) ms (command time); \(tally.reads) reads, \(tally.failures.count) failed, longest read \(Int(tally.longest * 1000)) ms"
+        Timings.report(
+            "upgrade: median \(Int(Timings.median(times) * 1000)) ms, max \(Int((times.max() ?? 0) * 1000)) ms (command time); \(tally.reads) reads, \(tally.failures.count) failed, longest read \(Int(tally.longest * 1000)) ms"
         )
     }
 }
@@ -371,7 +243,6 @@ extension HitlessTests {
     @Test func fdStoreTakeoverWithAFakeServiceManager() async throws {
         let server = FakeCredentialServer()
         try await server.start()
-        defer { Task { await server.stop() } }
         let manager = try FakeServiceManager()
         let dir = try TempDir()
         let mountpoint = dir.path + "/mnt"
@@ -422,7 +293,8 @@ extension HitlessTests {
         #expect(status == 0)
         #expect(!isMounted(mountpoint))
         pids = []
-        Self.report("fd store takeover (start after kill -9): \(Int(took * 1000)) ms; \(tally.reads) reads, 0 failed")
+        Timings.report(
+            "fd store takeover (start after kill -9): \(Int(took * 1000)) ms; \(tally.reads) reads, 0 failed")
     }
 }
 
@@ -442,7 +314,6 @@ extension HitlessTests {
         let killsInUpgrade = Int(environment["HITLESS_KILLS_IN_UPGRADE"] ?? "") ?? 5
         let server = FakeCredentialServer(lifetime: 60, rotateOnEachRequest: true)
         try await server.start()
-        defer { Task { await server.stop() } }
         // Lifetime 60 s, refresh when 58 s are left: a new generation about every 2 s, and a
         // stall of the machine (no successor living long enough to refresh) has 58 s before
         // credentials expire. With a 6 s lifetime, a loaded CI run once saw them expire.
@@ -535,14 +406,14 @@ extension HitlessTests {
         let tally = try readers.stop()
         #expect(tally.failures.isEmpty, "\(tally.failures.count) failed, first: \(tally.failures.prefix(5))")
         if !tally.failures.isEmpty {
-            Self.report("storm failures: \(tally.failures.prefix(3)) ... \(tally.failures.suffix(3))")
-            Self.report("daemon log:\n" + ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "(none)"))
+            Timings.report("storm failures: \(tally.failures.prefix(3)) ... \(tally.failures.suffix(3))")
+            Timings.report("daemon log:\n" + ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "(none)"))
         }
         try? FileManager.default.removeItem(atPath: log)
         let status = try mount.status()
         #expect(status["restarts"] as? Int ?? 0 >= kills + upgrades)
-        Self.report(
-            "storm: 32 readers, \(tally.reads) reads, \(tally.failures.count) failed, \(tally.slow) waited > 50 ms, longest \(Int(tally.longest * 1000)) ms; generations \(tally.generations.min() ?? 0)...\(tally.generations.max() ?? 0); kill -9 takeover median \(Int(Self.median(killTimes) * 1000)) ms max \(Int((killTimes.max() ?? 0) * 1000)) ms over \(killTimes.count); upgrade median \(Int(Self.median(upgradeTimes) * 1000)) ms max \(Int((upgradeTimes.max() ?? 0) * 1000)) ms over \(upgradeTimes.count); restarts \(status["restarts"] ?? "?")"
+        Timings.report(
+            "storm: 32 readers, \(tally.reads) reads, \(tally.failures.count) failed, \(tally.slow) waited > 50 ms, longest \(Int(tally.longest * 1000)) ms; generations \(tally.generations.min() ?? 0)...\(tally.generations.max() ?? 0); kill -9 takeover median \(Int(Timings.median(killTimes) * 1000)) ms max \(Int((killTimes.max() ?? 0) * 1000)) ms over \(killTimes.count); upgrade median \(Int(Timings.median(upgradeTimes) * 1000)) ms max \(Int((upgradeTimes.max() ?? 0) * 1000)) ms over \(upgradeTimes.count); restarts \(status["restarts"] ?? "?")"
         )
         // SIGTERM to the supervisor ends everything.
         mount.stopped = true

@@ -3,7 +3,7 @@ import Synchronization
 import Testing
 
 /// Requests any local user can make (issue 10): none may crash the daemon or hold a worker.
-@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(3)))
+@Suite(.stopsFakes, .serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(3)))
 struct HostileTests {
     static let nobody: (uid: uid_t, gid: gid_t) = (65534, 65534)
 
@@ -49,7 +49,6 @@ struct HostileTests {
         let server = FakeCredentialServer()
         server.setBehaviour(.status(500))
         try await server.start()
-        defer { Task { await server.stop() } }
         let daemon = try Daemon([
             "--provider", "uri", "--uri", server.url, "--initial-wait", "120", "--allow-other", "--mode", "0444",
         ])
@@ -100,7 +99,6 @@ struct HostileTests {
     @Test func aPinnedGroupCannotPoisonTheCurrentPageCache() async throws {
         let server = FakeCredentialServer()
         try await server.start()
-        defer { Task { await server.stop() } }
         let daemon = try Daemon(["--provider", "uri", "--uri", server.url, "--allow-other", "--mode", "0444"])
         defer { daemon.stop() }
         chmod(daemon.dir.path, 0o755)
@@ -153,7 +151,6 @@ struct HostileTests {
         let server = FakeCredentialServer()
         server.setBehaviour(.status(500))
         try await server.start()
-        defer { Task { await server.stop() } }
         let daemon = try Daemon(["--provider", "uri", "--uri", server.url, "--initial-wait", "1"])
         defer { daemon.stop() }
         let started = Date()

@@ -4,13 +4,12 @@ import Testing
 /// `--kernel-cache` at the instant of expiry (issue 26): opens never reach the daemon, so
 /// the kernel must not keep a generation's name past its Expiration. An open that begins at
 /// or after it fails with EIO; none is served the expired set.
-@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
+@Suite(.stopsFakes, .serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
 struct KernelCacheExpiryTests {
     @Test func noOpenAtOrAfterExpirationIsServed() async throws {
         // Sets of 3 s that the fake renews only when told to.
         let server = FakeCredentialServer(lifetime: 3)
         try await server.start()
-        defer { Task { await server.stop() } }
         let daemon = try Daemon(["--provider", "uri", "--uri", server.url, "--kernel-cache"])
         defer { daemon.stop() }
         let path = daemon.path("credentials")

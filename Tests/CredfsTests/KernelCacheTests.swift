@@ -4,7 +4,7 @@ import Testing
 
 /// `--kernel-cache` (issue 12): opens never reach the daemon, and the guarantees that do
 /// not need an OPEN still hold.
-@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
+@Suite(.stopsFakes, .serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
 struct KernelCacheTests {
     func generation(_ read: PosixRead) -> Int? {
         guard let text = read.text,
@@ -17,7 +17,6 @@ struct KernelCacheTests {
     @Test func opensNeverReachTheDaemonAndStatusSaysSo() async throws {
         let server = FakeCredentialServer()
         try await server.start()
-        defer { Task { await server.stop() } }
         let daemon = try Daemon(["--provider", "uri", "--uri", server.url, "--kernel-cache"])
         defer { daemon.stop() }
         try waitUntil("credentials") { generation(daemon.read("credentials")) == 1 }
@@ -35,7 +34,6 @@ struct KernelCacheTests {
     @Test func rotationIsSeenAtOnceAndAHeldDescriptorKeepsItsGeneration() async throws {
         let server = FakeCredentialServer()
         try await server.start()
-        defer { Task { await server.stop() } }
         let daemon = try Daemon(["--provider", "uri", "--uri", server.url, "--kernel-cache"])
         defer { daemon.stop() }
         try waitUntil("credentials") { generation(daemon.read("credentials")) == 1 }
@@ -59,7 +57,6 @@ struct KernelCacheTests {
     @Test func expiryTurnsOpensIntoEIOThenRecovers() async throws {
         let server = FakeCredentialServer(lifetime: 3)
         try await server.start()
-        defer { Task { await server.stop() } }
         let daemon = try Daemon([
             "--provider", "uri", "--uri", server.url, "--kernel-cache", "--refresh-before", "1",
         ])
@@ -94,7 +91,6 @@ struct KernelCacheTests {
         let server = FakeCredentialServer()
         server.setBehaviour(.status(500))
         try await server.start()
-        defer { Task { await server.stop() } }
         let daemon = try Daemon([
             "--provider", "uri", "--uri", server.url, "--kernel-cache", "--initial-wait", "60",
         ])

@@ -182,7 +182,7 @@ struct ListenerAbuseTests {
         // attacker opened them again: the attack was on all the while.
         #expect(reopened > 928, "\(attacker.text.suffix(300))")
         let sorted = times.sorted()
-        HitlessTests.report(
+        Timings.report(
             "listeners under slowloris (400 idle + 64 trickling per port, \(reopened) reopened): \(times.count) proper GETs, median \(Int(sorted[sorted.count / 2] * 1000)) ms, max \(Int((sorted.last ?? 0) * 1000)) ms"
         )
     }
@@ -190,7 +190,7 @@ struct ListenerAbuseTests {
     @Test func aSquatterNeverGetsThePortAcross10Takeovers() throws {
         let uri = unusedLoopbackPort()
         let metrics = unusedLoopbackPort()
-        let mount = try HitlessTests.Supervised([
+        let mount = try Supervised([
             "--provider", "demo", "--demo-lifetime", "3600", "--serve-uri", "127.0.0.1:\(uri)", "--metrics",
             "127.0.0.1:\(metrics)",
         ])
@@ -235,7 +235,7 @@ struct ListenerAbuseTests {
         // A successor's first answer is already the carried credentials.
         #expect(count("unavailable") == 0, "\(client.text.suffix(500))")
         #expect(count("credfs") > 0, "\(client.text.suffix(300))")
-        HitlessTests.report(
+        Timings.report(
             "listeners across 10 takeovers (\(kinds.joined(separator: ", "))): squatter \(squatter.number("attempts") ?? -1) bind attempts, 0 won; client answers: \(counts)"
         )
     }

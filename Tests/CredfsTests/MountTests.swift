@@ -3,7 +3,7 @@ import Foundation
 import Testing
 
 /// The expected `credentials` bytes for a fake generation, written out by hand from the
-/// layout of docs/contract.md, "Files" (not by the renderer under test).
+/// contract's layout (docs/contract.md, "Files"), not by the renderer under test.
 func expectedCredentialsFile(generation g: Int, expiration: String) -> String {
     "{\n\t\"AccessKeyId\": \"\(FakeCredentialServer.accessKeyId(g))\",\n"
         + "\t\"AccessKeySecret\": \"\(FakeCredentialServer.secret(g))\",\n"
@@ -13,12 +13,11 @@ func expectedCredentialsFile(generation g: Int, expiration: String) -> String {
 
 /// Real mounts against a fake credentials URI on 127.0.0.1. Serialized: each test owns a
 /// daemon, and the machine has two cores.
-@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
+@Suite(.stopsFakes, .serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
 struct MountTests {
     @Test func everyFileHasItsContentModeAndTruthfulSize() async throws {
         let server = FakeCredentialServer()
         try await server.start()
-        defer { Task { await server.stop() } }
         let daemon = try Daemon(["--provider", "uri", "--uri", server.url])
         defer { daemon.stop() }
 
@@ -58,7 +57,6 @@ struct MountTests {
     @Test func unknownNamesAndEveryWriteFailWithoutChangingAnything() async throws {
         let server = FakeCredentialServer()
         try await server.start()
-        defer { Task { await server.stop() } }
         let daemon = try Daemon(["--provider", "uri", "--uri", server.url])
         defer { daemon.stop() }
         let before = daemon.read("credentials")
@@ -97,7 +95,6 @@ struct MountTests {
     @Test func anOpenKeepsItsGenerationAndTheNextOpenSeesTheNewOne() async throws {
         let server = FakeCredentialServer()
         try await server.start()
-        defer { Task { await server.stop() } }
         let daemon = try Daemon(["--provider", "uri", "--uri", server.url])
         defer { daemon.stop() }
         let firstExpiration = try #require(daemon.read("expiration").text)
@@ -133,7 +130,6 @@ struct MountTests {
         let server = FakeCredentialServer()
         server.setBehaviour(.status(500))
         try await server.start()
-        defer { Task { await server.stop() } }
         let daemon = try Daemon(["--provider", "uri", "--uri", server.url, "--initial-wait", "1"])
         defer { daemon.stop() }
 
@@ -162,7 +158,6 @@ struct MountTests {
     @Test func upstreamDownLaterServesLastGoodUntilExpiryThenEIOThenRecovers() async throws {
         let server = FakeCredentialServer(lifetime: 5)
         try await server.start()
-        defer { Task { await server.stop() } }
         // Refresh when 3 s are left, so the failing refreshes start well before expiry.
         let daemon = try Daemon(["--provider", "uri", "--uri", server.url, "--refresh-before", "3"])
         defer { daemon.stop() }

@@ -58,7 +58,7 @@ func firstChild(of pid: pid_t) -> pid_t? {
 /// work; a reader the daemon can see (its namespace is a child of the daemon's) is pinned
 /// like any process group; a reader it cannot see (the daemon in a namespace of its own) is
 /// not pinned.
-@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
+@Suite(.stopsFakes, .serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
 struct NamespaceReaderTests {
     /// Reads `token`, rotates the upstream, reads again; returns the two reads.
     func readAcrossARotation(
@@ -79,7 +79,6 @@ struct NamespaceReaderTests {
     @Test func aReaderInAChildPIDNamespaceReadsAndIsPinned() async throws {
         let server = FakeCredentialServer()
         try await server.start()
-        defer { Task { await server.stop() } }
         let daemon = try Daemon(["--provider", "uri", "--uri", server.url])
         defer { daemon.stop() }
         try waitUntil("credentials") { try daemon.generation() == 1 }
@@ -96,7 +95,6 @@ struct NamespaceReaderTests {
     @Test func aReaderTheDaemonCannotSeeReadsAndIsNotPinned() async throws {
         let server = FakeCredentialServer()
         try await server.start()
-        defer { Task { await server.stop() } }
         // The daemon in a PID namespace of its own: every reader outside it has pid 0 in the
         // requests it gets.
         let daemon = try Daemon(

@@ -4,7 +4,7 @@ import Testing
 /// The OIDC token file as Kubernetes projects it: `token -> ..data/token`, `..data ->
 /// ..<timestamp>`; the kubelet writes a new `..<timestamp>` directory, swaps `..data` with
 /// one rename and removes the old directory. The next refresh must read the new token.
-@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
+@Suite(.stopsFakes, .serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
 struct OIDCProjectedTokenTests {
     /// A projected volume in `dir`: writes `token` into a new timestamped directory and
     /// points `..data` at it the way the kubelet's AtomicWriter does.
@@ -33,8 +33,7 @@ struct OIDCProjectedTokenTests {
         let sts = FakeSTSServer()
         sts.set { $0.acceptedToken = "oidc-token-A" }
         try await sts.start()
-        defer { Task { await sts.stop() } }
-        let setup = try OIDCTests.Setup(token: "unused")
+        let setup = try Fixtures.OIDCSetup(token: "unused")
         defer { setup.dir.remove() }
         try FileManager.default.removeItem(atPath: setup.tokenFile)
         var volume = ProjectedVolume(dir: setup.dir.path)

@@ -4,36 +4,13 @@ import Testing
 @testable import CredentialCore
 
 /// `oidc-role-arn` against a fake STS on 127.0.0.1 (never an Alibaba host).
-@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(3)))
+@Suite(.stopsFakes, .serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(3)))
 struct OIDCTests {
-    static let roleArn = "acs:ram::1234567890123456:role/credfs-test"
-    static let providerArn = "acs:ram::1234567890123456:oidc-provider/ack-rrsa-test"
-
-    struct Setup {
-        let dir: TempDir
-        var tokenFile: String { dir.path + "/token" }
-        init(token: String) throws {
-            dir = try TempDir()
-            try token.write(toFile: dir.path + "/token", atomically: true, encoding: .utf8)
-        }
-        func write(_ token: String) throws {
-            try token.write(toFile: tokenFile, atomically: true, encoding: .utf8)
-        }
-        var environment: [String: String] {
-            EcsMetadataTests.environment([
-                "ALIBABA_CLOUD_ROLE_ARN": OIDCTests.roleArn,
-                "ALIBABA_CLOUD_OIDC_PROVIDER_ARN": OIDCTests.providerArn,
-                "ALIBABA_CLOUD_OIDC_TOKEN_FILE": tokenFile, "ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true",
-            ])
-        }
-    }
-
     @Test func mountServesRotatingCredentialsAndRereadsTheTokenFile() async throws {
         let sts = FakeSTSServer()
         sts.set { $0.acceptedToken = "oidc-token-A" }
         try await sts.start()
-        defer { Task { await sts.stop() } }
-        let setup = try Setup(token: "oidc-token-A\n")
+        let setup = try Fixtures.OIDCSetup(token: "oidc-token-A\n")
         defer { setup.dir.remove() }
         let daemon = try Daemon(
             [
@@ -43,15 +20,10 @@ struct OIDCTests {
             environment: setup.environment)
         defer { daemon.stop() }
 
-        try waitUntil("generation 1") { try daemon.generation() == 1 }
-        let expiration = try #require(daemon.read("expiration").text)
-        #expect(
-            daemon.read("credentials").text
-                == expectedCredentialsFile(generation: 1, expiration: expiration))
-        #expect(try daemon.status()["provider"] as? String == "oidc-role-arn")
+        try daemon.expectFirstGeneration(provider: "oidc-role-arn")
         let first = try #require(sts.read { $0.seen.first })
-        #expect(first.form["RoleArn"] == Self.roleArn)
-        #expect(first.form["OIDCProviderArn"] == Self.providerArn)
+        #expect(first.form["RoleArn"] == Fixtures.oidcRoleArn)
+        #expect(first.form["OIDCProviderArn"] == Fixtures.oidcProviderArn)
         #expect(first.form["OIDCToken"] == "oidc-token-A")
         #expect(first.form["RoleSessionName"] == "credfs-test")
         #expect(first.form["DurationSeconds"] == "3600")
@@ -79,8 +51,7 @@ struct OIDCTests {
             )
         }
         try await sts.start()
-        defer { Task { await sts.stop() } }
-        let setup = try Setup(token: "oidc-token-secret")
+        let setup = try Fixtures.OIDCSetup(token: "oidc-token-secret")
         defer { setup.dir.remove() }
         let daemon = try Daemon(
             ["--provider", "oidc-role-arn", "--sts-endpoint", sts.endpoint, "--initial-wait", "1"],
@@ -100,24 +71,19 @@ struct OIDCTests {
     @Test func chaosMatrixKeepsLastGoodAndRecovers() async throws {
         let sts = FakeSTSServer()
         try await sts.start()
-        defer { Task { await sts.stop() } }
-        let setup = try Setup(token: "oidc-token-A")
+        let setup = try Fixtures.OIDCSetup(token: "oidc-token-A")
         defer { setup.dir.remove() }
         let daemon = try Daemon(
             ["--provider", "oidc-role-arn", "--sts-endpoint", sts.endpoint],
             environment: setup.environment)
         defer { daemon.stop() }
-        try waitUntil("generation 1") { try daemon.generation() == 1 }
         // STS has 5 s connect / 10 s read: a hung STS is given up after about 10 s.
-        let measured = try runChaosMatrix(
-            daemon: daemon, hangBound: 11.5, setChaos: { chaos in sts.set { $0.chaos = chaos } },
-            rotate: { sts.rotate() })
-        #expect(measured.count == Chaos.allCases.count)
+        try runChaosMatrix(daemon: daemon, fake: sts, hangBound: 11.5)
     }
 
     @Test func aMissingTokenFileNamesIt() async throws {
         let provider = OIDCProvider(
-            roleArn: Self.roleArn, oidcProviderArn: Self.providerArn,
+            roleArn: Fixtures.oidcRoleArn, oidcProviderArn: Fixtures.oidcProviderArn,
             tokenFile: "/nonexistent/oidc-token",
             endpoint: "http://127.0.0.1:\(unusedLoopbackPort())", clock: SystemRefreshClock())
         do {
@@ -148,9 +114,9 @@ struct OIDCTests {
     }
 
     @Test func flagsAreValidated() throws {
-        var environment = EcsMetadataTests.environment()
-        environment["ALIBABA_CLOUD_ROLE_ARN"] = Self.roleArn
-        environment["ALIBABA_CLOUD_OIDC_PROVIDER_ARN"] = Self.providerArn
+        var environment = Fixtures.environment()
+        environment["ALIBABA_CLOUD_ROLE_ARN"] = Fixtures.oidcRoleArn
+        environment["ALIBABA_CLOUD_OIDC_PROVIDER_ARN"] = Fixtures.oidcProviderArn
         let base = ["mount", "/tmp/credfs-never", "--provider", "oidc-role-arn"]
         let missingFile = try runCredfs(base, environment: environment)
         #expect(missingFile.status == 64)

@@ -5,24 +5,23 @@ import Testing
 /// policy it read at start; a successor (a takeover after kill -9) reads it again: it must
 /// still serve the carried set, and its refreshes fail with a lastError that names the file
 /// (never a role session without the policy it was given).
-@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
+@Suite(.stopsFakes, .serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
 struct PolicyFileTests {
     @Test func anUnreadablePolicyFileKeepsTheHeldSetAndSaysWhy() async throws {
-        let sts = RamRoleArnTests.fakeSTS()
+        let sts = Fixtures.fakeAssumeRole()
         try await sts.start()
-        defer { Task { await sts.stop() } }
         let work = try TempDir()
         defer { work.remove() }
         let policy = work.path + "/policy.json"
-        try RamRoleArnTests.policy.write(toFile: policy, atomically: true, encoding: .utf8)
-        let mount = try HitlessTests.Supervised(
+        try Fixtures.policy.write(toFile: policy, atomically: true, encoding: .utf8)
+        let mount = try Supervised(
             [
-                "--provider", "ram-role-arn", "--source-provider", "env", "--role-arn", RamRoleArnTests.roleArn,
+                "--provider", "ram-role-arn", "--source-provider", "env", "--role-arn", Fixtures.assumedRoleArn,
                 "--sts-endpoint", sts.endpoint, "--policy-file", policy,
-            ], environment: RamRoleArnTests.environment())
+            ], environment: Fixtures.ramRoleArnEnvironment())
         defer { try? mount.stop() }
         try waitUntil("generation 1") { (try? mount.status()["generation"] as? Int) == 1 }
-        #expect(sts.read { $0.seen.last?.query["Policy"] } == RamRoleArnTests.policy)
+        #expect(sts.read { $0.seen.last?.query["Policy"] } == Fixtures.policy)
         let held = try #require(readFile(mount.path("credentials")).bytes)
 
         try FileManager.default.removeItem(atPath: policy)

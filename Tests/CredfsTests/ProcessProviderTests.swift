@@ -42,12 +42,7 @@ struct ProcessProviderTests {
             "--provider", "process", "--command", helper.script + " --profile $HOME a*b",
         ])
         defer { daemon.stop() }
-        try waitUntil("generation 1") { try daemon.generation() == 1 }
-        let expiration = try #require(daemon.read("expiration").text)
-        #expect(
-            daemon.read("credentials").text
-                == expectedCredentialsFile(generation: 1, expiration: expiration))
-        #expect(try daemon.status()["provider"] as? String == "process")
+        try daemon.expectFirstGeneration(provider: "process")
         // argv, no shell: nothing was expanded.
         #expect(
             try String(contentsOfFile: helper.argsFile, encoding: .utf8) == "--profile\n$HOME\na*b\n")

@@ -5,7 +5,7 @@ import Testing
 /// `HTTPS_PROXY` and `NO_PROXY` in the daemon's environment, a fake proxy on 127.0.0.1 that
 /// carries what it is asked to fakes on 127.0.0.1. Remote names end in `.invalid` and are
 /// only ever named to the proxy: nothing resolves them or leaves the machine.
-@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(3)))
+@Suite(.stopsFakes, .serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(3)))
 struct ProxyMountTests {
     static let remoteURI = "http://credentials.proxy-test.invalid:8080/credentials"
 
@@ -37,7 +37,6 @@ struct ProxyMountTests {
     @Test func aRemoteCredentialsURIGoesThroughHTTPProxy() async throws {
         let upstream = FakeCredentialServer()
         try await upstream.start()
-        defer { Task { await upstream.stop() } }
         let proxy = try FakeProxy(forwardPort: upstream.port)
         defer { proxy.stop() }
         let daemon = try Daemon(
@@ -54,17 +53,16 @@ struct ProxyMountTests {
     }
 
     @Test func assumeRoleGoesThroughTheProxySigned() async throws {
-        let sts = RamRoleArnTests.fakeSTS()
+        let sts = Fixtures.fakeAssumeRole()
         try await sts.start()
-        defer { Task { await sts.stop() } }
         let proxy = try FakeProxy(forwardPort: sts.http.port)
         defer { proxy.stop() }
         let daemon = try Daemon(
             [
-                "--provider", "ram-role-arn", "--source-provider", "env", "--role-arn", RamRoleArnTests.roleArn,
+                "--provider", "ram-role-arn", "--source-provider", "env", "--role-arn", Fixtures.assumedRoleArn,
                 "--sts-endpoint", "http://sts.proxy-test.invalid",
             ],
-            environment: environment(["http_proxy": proxy.url], base: RamRoleArnTests.environment()))
+            environment: environment(["http_proxy": proxy.url], base: Fixtures.ramRoleArnEnvironment()))
         defer { daemon.stop() }
         try waitUntil("generation 1") { try daemon.generation() == 1 }
         #expect(sts.verified == 1, "\(sts.read { $0.seen.map(\.rejected) })")
@@ -79,22 +77,21 @@ struct ProxyMountTests {
         defer { proxy.stop() }
         let daemon = try Daemon(
             [
-                "--provider", "ram-role-arn", "--source-provider", "env", "--role-arn", RamRoleArnTests.roleArn,
+                "--provider", "ram-role-arn", "--source-provider", "env", "--role-arn", Fixtures.assumedRoleArn,
                 "--sts-endpoint", "https://sts.proxy-test.invalid", "--initial-wait", "1",
             ],
-            environment: environment(["HTTPS_PROXY": proxy.url], base: RamRoleArnTests.environment()))
+            environment: environment(["HTTPS_PROXY": proxy.url], base: Fixtures.ramRoleArnEnvironment()))
         defer { daemon.stop() }
         try waitUntil("a failure in status") { try daemon.status()["lastError"] is String }
         let lastError = try daemon.status()["lastError"] as? String ?? ""
         #expect(lastError.contains("https://sts.proxy-test.invalid"), "\(lastError)")
-        #expect(!lastError.contains(RamRoleArnTests.envKey) && !lastError.contains("Signature"))
+        #expect(!lastError.contains(Fixtures.envKey) && !lastError.contains("Signature"))
         #expect(proxy.seen.first == .init(method: "CONNECT", target: "sts.proxy-test.invalid:443"))
     }
 
     @Test func aLoopbackCredentialsURINeverGoesThroughTheProxy() async throws {
         let upstream = FakeCredentialServer()
         try await upstream.start()
-        defer { Task { await upstream.stop() } }
         let proxy = try FakeProxy(forwardPort: upstream.port)
         defer { proxy.stop() }
         let daemon = try Daemon(
@@ -111,7 +108,6 @@ struct ProxyMountTests {
         let name = try #require(Self.localName)
         let upstream = FakeCredentialServer()
         try await upstream.start()
-        defer { Task { await upstream.stop() } }
         let proxy = try FakeProxy(forwardPort: upstream.port)
         defer { proxy.stop() }
         let uri = "http://\(name):\(upstream.port)/credentials"
@@ -133,14 +129,13 @@ struct ProxyMountTests {
         let name = try #require(Self.localName)
         let metadata = FakeMetadataServer()
         try await metadata.start()
-        defer { Task { await metadata.stop() } }
         // Were it used, this proxy would carry the requests to the same fake.
         let proxy = try FakeProxy(forwardPort: metadata.http.port)
         defer { proxy.stop() }
         let daemon = try Daemon(
             ["--provider", "ecs-ram-role", "--imds-endpoint", "http://\(name):\(metadata.http.port)"],
             environment: environment(
-                ["HTTP_PROXY": proxy.url, "http_proxy": proxy.url], base: EcsMetadataTests.environment()))
+                ["HTTP_PROXY": proxy.url, "http_proxy": proxy.url], base: Fixtures.environment()))
         defer { daemon.stop() }
         try waitUntil("generation 1") { try daemon.generation() == 1 }
         #expect(metadata.requests >= 2)

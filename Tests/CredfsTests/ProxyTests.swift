@@ -6,7 +6,7 @@ import Testing
 /// Which requests go through a proxy (``HTTPProxy``), and real requests through a fake
 /// proxy on 127.0.0.1. Non-loopback names end in `.invalid`; the fake proxy carries them
 /// to fakes on 127.0.0.1, so nothing leaves the machine.
-@Suite(.serialized, .timeLimit(.minutes(2)))
+@Suite(.stopsFakes, .serialized, .timeLimit(.minutes(2)))
 struct ProxyTests {
     static let remoteURI = "http://credentials.proxy-test.invalid:8080/credentials?token=secret-in-query"
     static let sts = "https://sts.proxy-test.invalid"
@@ -91,7 +91,6 @@ struct ProxyTests {
     @Test func credentialsURIOnARemoteNameGoesThroughTheProxy() async throws {
         let upstream = FakeCredentialServer()
         try await upstream.start()
-        defer { Task { await upstream.stop() } }
         let proxy = try FakeProxy(forwardPort: upstream.port)
         defer { proxy.stop() }
         let http = HTTPFetcher(
@@ -106,7 +105,6 @@ struct ProxyTests {
     @Test func loopbackCredentialsURINeverGoesThroughTheProxy() async throws {
         let upstream = FakeCredentialServer()
         try await upstream.start()
-        defer { Task { await upstream.stop() } }
         let proxy = try FakeProxy(forwardPort: upstream.port)
         defer { proxy.stop() }
         let http = HTTPFetcher(
@@ -121,7 +119,6 @@ struct ProxyTests {
     @Test func metadataNeverGoesThroughTheProxy() async throws {
         let metadata = FakeMetadataServer()
         try await metadata.start()
-        defer { Task { await metadata.stop() } }
         let proxy = try FakeProxy(forwardPort: nil)
         defer { proxy.stop() }
         // Even handed a fetcher that would use the proxy, the provider goes direct.
@@ -132,15 +129,14 @@ struct ProxyTests {
     }
 
     @Test func assumeRoleOverHTTPGoesThroughTheProxyWithItsSignature() async throws {
-        let sts = RamRoleArnTests.fakeSTS()
+        let sts = Fixtures.fakeAssumeRole()
         try await sts.start()
-        defer { Task { await sts.stop() } }
         let proxy = try FakeProxy(forwardPort: sts.http.port)
         defer { proxy.stop() }
         let http = HTTPFetcher(timeouts: .standard, proxy: .settings(.fromEnvironment(["http_proxy": proxy.url])))
         let provider = RamRoleArnProvider(
-            source: EnvironmentProvider(environment: RamRoleArnTests.environment(), clock: SystemRefreshClock()),
-            roleArn: RamRoleArnTests.roleArn,
+            source: EnvironmentProvider(environment: Fixtures.ramRoleArnEnvironment(), clock: SystemRefreshClock()),
+            roleArn: Fixtures.assumedRoleArn,
             endpoint: "http://sts.proxy-test.invalid", http: http, clock: SystemRefreshClock())
         let credentials = try await provider.fetch()
         #expect(credentials.accessKeyId == FakeCredentialServer.accessKeyId(1))
@@ -156,8 +152,8 @@ struct ProxyTests {
         defer { proxy.stop() }
         let http = HTTPFetcher(timeouts: .standard, proxy: .settings(.fromEnvironment(["HTTPS_PROXY": proxy.url])))
         let provider = RamRoleArnProvider(
-            source: EnvironmentProvider(environment: RamRoleArnTests.environment(), clock: SystemRefreshClock()),
-            roleArn: RamRoleArnTests.roleArn,
+            source: EnvironmentProvider(environment: Fixtures.ramRoleArnEnvironment(), clock: SystemRefreshClock()),
+            roleArn: Fixtures.assumedRoleArn,
             endpoint: Self.sts, http: http, clock: SystemRefreshClock())
         do {
             _ = try await provider.fetch()
@@ -167,7 +163,7 @@ struct ProxyTests {
             #expect(!error.message.contains("\n"))
             #expect(error.message.contains("https://sts.proxy-test.invalid"))
             #expect(!error.message.contains("Signature"))
-            #expect(!error.message.contains(RamRoleArnTests.envKey))
+            #expect(!error.message.contains(Fixtures.envKey))
         }
         #expect(proxy.seen == [.init(method: "CONNECT", target: "sts.proxy-test.invalid:443")])
     }
@@ -184,7 +180,6 @@ struct ProxyTests {
         // No Date header (NIO's server sends none): nil, not a guess.
         let upstream = FakeCredentialServer()
         try await upstream.start()
-        defer { Task { await upstream.stop() } }
         #expect(try await HTTPFetcher(timeouts: .standard, proxy: .never).send(url: upstream.url).date == nil)
     }
 
@@ -210,7 +205,7 @@ struct ProxyTests {
 }
 
 /// TLS: peer verification is on, against the system trust store only.
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.stopsFakes, .timeLimit(.minutes(1)))
 struct HTTPFetcherTLSTests {
     static let server = """
         import http.server, ssl, sys

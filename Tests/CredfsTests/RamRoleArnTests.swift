@@ -5,7 +5,7 @@ import Testing
 
 /// The RPC signature (HMAC-SHA1, version 1.0) checked against vectors computed outside
 /// this code base: Python's `hmac`, and the example in Alibaba's RPC signature docs.
-@Suite struct RPCSignatureTests {
+@Suite(.stopsFakes) struct RPCSignatureTests {
     /// Python computes the string to sign and the signature from the same parameters, with
     /// its own sorting, `urllib.parse.quote` and `hmac`.
     static let python = """
@@ -133,47 +133,23 @@ final class CountingSource: CredentialProvider {
 }
 
 /// `ram-role-arn` against a fake STS on 127.0.0.1 that verifies every signature.
-@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(4)))
+@Suite(.stopsFakes, .serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(4)))
 struct RamRoleArnTests {
-    static let roleArn = "acs:ram::1234567890123456:role/credfs-assumed"
-    static let envKey = "LTAI5tFakeTestKey0001"
-    static let envSecret = "fake-env-secret-0001-do-not-leak"
-    static let policy = #"{"Version":"1","Statement":[{"Effect":"Allow","Action":"oss:Get*","Resource":"*"}]}"#
-
-    /// The daemon's environment: only the env source's variables, nothing else of the chain.
-    static func environment(_ extra: [String: String] = [:]) -> [String: String] {
-        var environment = EcsMetadataTests.environment()
-        for key in [
-            "ALIBABA_CLOUD_SECURITY_TOKEN", "ALIBABA_CLOUD_ROLE_SESSION_NAME", "ALIBABA_CLOUD_STS_REGION",
-            "ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED",
-        ] {
-            environment[key] = nil
-        }
-        environment["ALIBABA_CLOUD_ECS_METADATA_DISABLED"] = "true"
-        environment["ALIBABA_CLOUD_ACCESS_KEY_ID"] = envKey
-        environment["ALIBABA_CLOUD_ACCESS_KEY_SECRET"] = envSecret
-        for (key, value) in extra { environment[key] = value }
-        return environment
-    }
-
-    static func fakeSTS(_ keys: [String: FakeAssumeRoleServer.Key]? = nil) -> FakeAssumeRoleServer {
-        FakeAssumeRoleServer(keys: keys ?? [envKey: .init(secret: envSecret, token: nil)])
-    }
-
     // MARK: in process
 
     @Test func everyRequestIsSignedAndTheSourceIsCached() async throws {
         let sourceSet = Credentials(
             accessKeyId: "STS.SOURCExxxxxxxxxxx", accessKeySecret: "source-secret-xyz",
             securityToken: "source-token+/=~*", expiration: Date().addingTimeInterval(3600))
-        let sts = Self.fakeSTS(["STS.SOURCExxxxxxxxxxx": .init(secret: "source-secret-xyz", token: "source-token+/=~*")]
+        let sts = Fixtures.fakeAssumeRole([
+            "STS.SOURCExxxxxxxxxxx": .init(secret: "source-secret-xyz", token: "source-token+/=~*")
+        ]
         )
         try await sts.start()
-        defer { Task { await sts.stop() } }
         let source = CountingSource(sourceSet)
         let provider = RamRoleArnProvider(
-            source: source, roleArn: Self.roleArn, sessionName: "credfs-unit", durationSeconds: 1800,
-            externalId: "ext id+/=", policy: Self.policy, endpoint: sts.endpoint, clock: SystemRefreshClock())
+            source: source, roleArn: Fixtures.assumedRoleArn, sessionName: "credfs-unit", durationSeconds: 1800,
+            externalId: "ext id+/=", policy: Fixtures.policy, endpoint: sts.endpoint, clock: SystemRefreshClock())
         for n in 1...3 {
             let credentials = try await provider.fetch()
             #expect(credentials.accessKeyId == FakeCredentialServer.accessKeyId(n))
@@ -185,11 +161,11 @@ struct RamRoleArnTests {
         #expect(source.count == 1, "the source was fetched \(source.count) times for 3 AssumeRoles")
         #expect(provider.sourceRequests == 1)
         let query = try #require(sts.read { $0.seen.last?.query })
-        #expect(query["RoleArn"] == Self.roleArn)
+        #expect(query["RoleArn"] == Fixtures.assumedRoleArn)
         #expect(query["RoleSessionName"] == "credfs-unit")
         #expect(query["DurationSeconds"] == "1800")
         #expect(query["ExternalId"] == "ext id+/=")
-        #expect(query["Policy"] == Self.policy)
+        #expect(query["Policy"] == Fixtures.policy)
         #expect(query["SecurityToken"] == "source-token+/=~*")
         #expect(query["AccessKeyId"] == "STS.SOURCExxxxxxxxxxx")
         #expect(Set(sts.read { $0.seen.compactMap { $0.query["SignatureNonce"] } }).count == 3)
@@ -198,9 +174,10 @@ struct RamRoleArnTests {
 
     @Test func anExpiringSourceIsRefreshedOnItsOwnSchedule() async throws {
         // A source set that lives 3 s: its refresher wants it replaced after 2 s.
-        let sts = Self.fakeSTS(["STS.SOURCExxxxxxxxxxx": .init(secret: "source-secret-xyz", token: "tok-tok-tok")])
+        let sts = Fixtures.fakeAssumeRole([
+            "STS.SOURCExxxxxxxxxxx": .init(secret: "source-secret-xyz", token: "tok-tok-tok")
+        ])
         try await sts.start()
-        defer { Task { await sts.stop() } }
         final class Expiring: CredentialProvider {
             let name = "expiring"
             let fetches = Locked(0)
@@ -213,7 +190,7 @@ struct RamRoleArnTests {
         }
         let source = Expiring()
         let provider = RamRoleArnProvider(
-            source: source, roleArn: Self.roleArn, endpoint: sts.endpoint, clock: SystemRefreshClock())
+            source: source, roleArn: Fixtures.assumedRoleArn, endpoint: sts.endpoint, clock: SystemRefreshClock())
         _ = try await provider.fetch()
         _ = try await provider.fetch()
         #expect(source.fetches.withLock { $0 } == 1)
@@ -226,14 +203,14 @@ struct RamRoleArnTests {
     @Test func signatureRefusedNamesTheCodeButNeitherSecretNorToken() async throws {
         // STS knows another secret for the key: SignatureDoesNotMatch, with STS's string to sign.
         let token = "CAISsourceTokenThatMustNotLeak0123456789"
-        let sts = Self.fakeSTS([Self.envKey: .init(secret: "the-real-secret", token: token)])
+        let sts = Fixtures.fakeAssumeRole([Fixtures.envKey: .init(secret: "the-real-secret", token: token)])
         try await sts.start()
-        defer { Task { await sts.stop() } }
         let source = CountingSource(
             Credentials(
-                accessKeyId: Self.envKey, accessKeySecret: Self.envSecret, securityToken: token, expiration: nil))
+                accessKeyId: Fixtures.envKey, accessKeySecret: Fixtures.envSecret, securityToken: token, expiration: nil
+            ))
         let provider = RamRoleArnProvider(
-            source: source, roleArn: Self.roleArn, endpoint: sts.endpoint, clock: SystemRefreshClock())
+            source: source, roleArn: Fixtures.assumedRoleArn, endpoint: sts.endpoint, clock: SystemRefreshClock())
         do {
             _ = try await provider.fetch()
             Issue.record("AssumeRole succeeded with a wrong signature")
@@ -242,7 +219,7 @@ struct RamRoleArnTests {
             #expect(error.message.contains("SignatureDoesNotMatch"), "\(error.message)")
             #expect(error.message.contains("HTTP 400"), "\(error.message)")
             #expect(!error.message.contains("CAISsource"), "\(error.message)")
-            #expect(!error.message.contains(Self.envSecret))
+            #expect(!error.message.contains(Fixtures.envSecret))
             #expect(!error.message.contains("string to sign is"))
         }
         // The signer was refused: the source is asked again before the next AssumeRole.
@@ -251,11 +228,11 @@ struct RamRoleArnTests {
     }
 
     @Test func aFailingSourceIsNamed() async throws {
-        let sts = Self.fakeSTS()
+        let sts = Fixtures.fakeAssumeRole()
         try await sts.start()
-        defer { Task { await sts.stop() } }
         let provider = RamRoleArnProvider(
-            source: EnvironmentProvider(environment: [:], clock: SystemRefreshClock()), roleArn: Self.roleArn,
+            source: EnvironmentProvider(environment: [:], clock: SystemRefreshClock()),
+            roleArn: Fixtures.assumedRoleArn,
             endpoint: sts.endpoint, clock: SystemRefreshClock())
         do {
             _ = try await provider.fetch()
@@ -270,22 +247,18 @@ struct RamRoleArnTests {
     // MARK: through a real mount
 
     @Test func mountWithEnvSourceServesRotatingCredentials() async throws {
-        let sts = Self.fakeSTS()
+        let sts = Fixtures.fakeAssumeRole()
         try await sts.start()
-        defer { Task { await sts.stop() } }
         let daemon = try Daemon(
             [
-                "--provider", "ram-role-arn", "--source-provider", "env", "--role-arn", Self.roleArn,
+                "--provider", "ram-role-arn", "--source-provider", "env", "--role-arn", Fixtures.assumedRoleArn,
                 "--sts-endpoint", sts.endpoint, "--role-session-name", "credfs-mount", "--external-id",
-                "ext-1", "--policy", Self.policy, "--duration", "900",
+                "ext-1", "--policy", Fixtures.policy, "--duration", "900",
             ],
-            environment: Self.environment())
+            environment: Fixtures.ramRoleArnEnvironment())
         defer { daemon.stop() }
 
-        try waitUntil("generation 1") { try daemon.generation() == 1 }
-        let expiration = try #require(daemon.read("expiration").text)
-        #expect(daemon.read("credentials").text == expectedCredentialsFile(generation: 1, expiration: expiration))
-        #expect(try daemon.status()["provider"] as? String == "ram-role-arn")
+        try daemon.expectFirstGeneration(provider: "ram-role-arn")
         for n in 2...4 {
             sts.rotate()
             daemon.signal(SIGHUP)
@@ -297,17 +270,17 @@ struct RamRoleArnTests {
         #expect(sts.requests == refreshes, "\(sts.requests) AssumeRole for \(refreshes) refreshes")
         #expect(sts.verified == refreshes, "\(sts.read { $0.seen.map(\.rejected) })")
         let query = try #require(sts.read { $0.seen.last?.query })
-        #expect(query["AccessKeyId"] == Self.envKey)
+        #expect(query["AccessKeyId"] == Fixtures.envKey)
         #expect(query["SecurityToken"] == nil)
         #expect(query["RoleSessionName"] == "credfs-mount")
         #expect(query["ExternalId"] == "ext-1")
         #expect(query["DurationSeconds"] == "900")
-        #expect(query["Policy"] == Self.policy)
+        #expect(query["Policy"] == Fixtures.policy)
         // Every fetch of the source leaves one line tagged source=env in the log.
         let log = daemon.log
         let sourceFetches = log.split(separator: "\n").filter { $0.contains("source=env") }.count
         #expect(sourceFetches == 1, "\(log)")
-        #expect(!log.contains(Self.envSecret))
+        #expect(!log.contains(Fixtures.envSecret))
         print(
             "ram-role-arn (env source, mount): \(refreshes) refreshes, \(sts.requests) AssumeRole, "
                 + "\(sourceFetches) source read (0 per refresh after the first)")
@@ -320,17 +293,15 @@ struct RamRoleArnTests {
             $0.fixed = ("STS.SOURCExxxxxxxxxxx", "source-secret-uri", "source-token-uri-0123456789", sourceExpiration)
         }
         try await uri.start()
-        defer { Task { await uri.stop() } }
-        let sts = Self.fakeSTS(
+        let sts = Fixtures.fakeAssumeRole(
             ["STS.SOURCExxxxxxxxxxx": .init(secret: "source-secret-uri", token: "source-token-uri-0123456789")])
         try await sts.start()
-        defer { Task { await sts.stop() } }
         let daemon = try Daemon(
             [
                 "--provider", "ram-role-arn", "--source-provider", "uri", "--uri", uri.url, "--role-arn",
-                Self.roleArn, "--sts-endpoint", sts.endpoint,
+                Fixtures.assumedRoleArn, "--sts-endpoint", sts.endpoint,
             ],
-            environment: Self.environment())
+            environment: Fixtures.ramRoleArnEnvironment())
         defer { daemon.stop() }
         try waitUntil("generation 1") { try daemon.generation() == 1 }
         for n in 2...4 {
@@ -346,20 +317,19 @@ struct RamRoleArnTests {
     }
 
     @Test func stsRefusalSurfacesCodeAndMessageButNoSecret() async throws {
-        let sts = Self.fakeSTS()
+        let sts = Fixtures.fakeAssumeRole()
         sts.set {
             $0.refuse = (
                 403, "NoPermission", "You are not authorized to do this action. You should be authorized by RAM."
             )
         }
         try await sts.start()
-        defer { Task { await sts.stop() } }
         let daemon = try Daemon(
             [
-                "--provider", "ram-role-arn", "--role-arn", Self.roleArn, "--sts-endpoint", sts.endpoint,
+                "--provider", "ram-role-arn", "--role-arn", Fixtures.assumedRoleArn, "--sts-endpoint", sts.endpoint,
                 "--initial-wait", "1",
             ],
-            environment: Self.environment())
+            environment: Fixtures.ramRoleArnEnvironment())
         defer { daemon.stop() }
         try waitUntil("a failure in status") { try daemon.status()["lastError"] is String }
         let lastError = try daemon.status()["lastError"] as? String ?? ""
@@ -368,33 +338,28 @@ struct RamRoleArnTests {
         #expect(lastError.contains("HTTP 403"), "\(lastError)")
         #expect(lastError.contains("NoPermission"), "\(lastError)")
         #expect(lastError.contains("You are not authorized to do this action."), "\(lastError)")
-        #expect(!lastError.contains(Self.envSecret))
-        #expect(!daemon.log.contains(Self.envSecret))
+        #expect(!lastError.contains(Fixtures.envSecret))
+        #expect(!daemon.log.contains(Fixtures.envSecret))
         #expect(try daemon.state() == "pending")
         #expect(daemon.read("credentials").error == EIO)
     }
 
     @Test func chaosMatrixKeepsLastGoodAndRecovers() async throws {
-        let sts = Self.fakeSTS()
+        let sts = Fixtures.fakeAssumeRole()
         try await sts.start()
-        defer { Task { await sts.stop() } }
         let daemon = try Daemon(
-            ["--provider", "ram-role-arn", "--role-arn", Self.roleArn, "--sts-endpoint", sts.endpoint],
-            environment: Self.environment())
+            ["--provider", "ram-role-arn", "--role-arn", Fixtures.assumedRoleArn, "--sts-endpoint", sts.endpoint],
+            environment: Fixtures.ramRoleArnEnvironment())
         defer { daemon.stop() }
-        try waitUntil("generation 1") { try daemon.generation() == 1 }
         // STS: 5 s connect / 10 s read, so a hung STS is given up after about 10 s.
-        let measured = try runChaosMatrix(
-            daemon: daemon, hangBound: 11.5, setChaos: { chaos in sts.set { $0.chaos = chaos } },
-            rotate: { sts.rotate() })
-        #expect(measured.count == Chaos.allCases.count)
+        try runChaosMatrix(daemon: daemon, fake: sts, hangBound: 11.5)
         // Every request that reached STS was correctly signed, faults included.
         #expect(sts.verified == sts.requests, "\(sts.read { $0.seen.map(\.rejected) })")
-        #expect(!daemon.log.contains(Self.envSecret))
+        #expect(!daemon.log.contains(Fixtures.envSecret))
     }
 
     @Test func flagsAreValidated() throws {
-        let environment = Self.environment()
+        let environment = Fixtures.ramRoleArnEnvironment()
         let base = ["mount", "/tmp/credfs-never", "--provider", "ram-role-arn"]
         func refused(_ extra: [String], _ text: String, env: [String: String]? = nil) throws {
             let result = try runCredfs(base + extra, environment: env ?? environment)
@@ -403,17 +368,19 @@ struct RamRoleArnTests {
         }
         try refused([], "--role-arn")
         // Refused as they are parsed, with the sources it takes listed (CLIMessageTests).
-        try refused(["--role-arn", Self.roleArn, "--source-provider", "auto"], "is invalid for '--source-provider")
         try refused(
-            ["--role-arn", Self.roleArn, "--source-provider", "ram-role-arn"], "is invalid for '--source-provider")
-        try refused(["--role-arn", Self.roleArn, "--source-provider", "process"], "--command")
-        try refused(["--role-arn", Self.roleArn, "--source-provider", "uri"], "--uri")
-        try refused(["--role-arn", Self.roleArn, "--duration", "899"], "--duration")
+            ["--role-arn", Fixtures.assumedRoleArn, "--source-provider", "auto"], "is invalid for '--source-provider")
+        try refused(
+            ["--role-arn", Fixtures.assumedRoleArn, "--source-provider", "ram-role-arn"],
+            "is invalid for '--source-provider")
+        try refused(["--role-arn", Fixtures.assumedRoleArn, "--source-provider", "process"], "--command")
+        try refused(["--role-arn", Fixtures.assumedRoleArn, "--source-provider", "uri"], "--uri")
+        try refused(["--role-arn", Fixtures.assumedRoleArn, "--duration", "899"], "--duration")
         // With an OIDC source, ALIBABA_CLOUD_ROLE_ARN is the OIDC role: --role-arn is needed.
         try refused(
             ["--source-provider", "oidc-role-arn"], "--role-arn",
-            env: Self.environment([
-                "ALIBABA_CLOUD_ROLE_ARN": Self.roleArn, "ALIBABA_CLOUD_OIDC_PROVIDER_ARN": "p",
+            env: Fixtures.ramRoleArnEnvironment([
+                "ALIBABA_CLOUD_ROLE_ARN": Fixtures.assumedRoleArn, "ALIBABA_CLOUD_OIDC_PROVIDER_ARN": "p",
                 "ALIBABA_CLOUD_OIDC_TOKEN_FILE": "/tmp/x",
             ]))
         let other = try runCredfs(

@@ -15,7 +15,7 @@ import Testing
 /// connection's last descriptor closes (or it is aborted). Every "still blocked" below is
 /// checked after a condition that came later (the successor answered more requests), never
 /// after a sleep.
-@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason))
+@Suite(.stopsFakes, .serialized, .enabled(if: Host.canMount, Host.canMountReason))
 struct ResendTests {
     /// A child process that reads `credentials` once, spawned with every signal at its
     /// default action and none blocked (a test thread may block some, and a child would
@@ -66,7 +66,7 @@ struct ResendTests {
     /// then the server stopped and killed and a successor serving.
     final class ParkedTakeover {
         let upstream = FakeCredentialServer()
-        var mount: HitlessTests.Supervised?
+        var mount: Supervised?
         var readers: [Reader] = []
         var connection = 0
         var killed = Date()
@@ -83,7 +83,7 @@ struct ResendTests {
             } else {
                 environment["CREDFS_NO_RESEND"] = "1"
             }
-            let mount = try HitlessTests.Supervised(
+            let mount = try Supervised(
                 ["--provider", "uri", "--uri", upstream.url, "--initial-wait", "1h"], environment: environment)
             self.mount = mount
             // The minor number of st_dev is the connection's number in /sys/fs/fuse/connections.
@@ -121,7 +121,7 @@ struct ResendTests {
             successor = try mount.serverPID()
             // The successor serves new opens: a fourth reader gets the credentials.
             try waitUntil("a new reader to get the credentials", timeout: 10) {
-                HitlessTests.Readers.accessKeyId(in: readFile(mount.path("credentials")).text ?? "")
+                Readers.accessKeyId(in: readFile(mount.path("credentials")).text ?? "")
                     == FakeCredentialServer.accessKeyId(1)
             }
         }
@@ -194,7 +194,7 @@ struct ResendTests {
             }
             // Releases are not waited for by their callers: the count drains to 0.
             try waitUntil("no request left unanswered", timeout: 5) { t.waiting() == 0 }
-            HitlessTests.report(
+            Timings.report(
                 "resend: 3 parked opens answered by the successor \(Int(took * 1000)) ms after the kill")
         } catch {
             await t.tearDown()
@@ -211,7 +211,7 @@ struct ResendTests {
         let upstream = FakeCredentialServer()
         upstream.setBehaviour(.hang)
         try await upstream.start()
-        let mount = try HitlessTests.Supervised(
+        let mount = try Supervised(
             ["--provider", "uri", "--uri", upstream.url, "--initial-wait", "1h"],
             environment: Host.hermeticEnvironment)
         var readers: [Reader] = []
@@ -311,7 +311,7 @@ struct ResendTests {
             #expect(statuses[2].map { ($0 >> 8) & 0xff } == 1, "\(c.text)")
             #expect(c.text.contains("Software caused connection abort"), "\(c.text)")  // ECONNABORTED
             try waitUntil("the supervisor to exit", timeout: 10) { !isAlive(mount.supervisor) }
-            HitlessTests.report(
+            Timings.report(
                 "no resend: 3 parked readers blocked through 120 answered requests, SIGINT, SIGTERM, SIGKILL (S -> D) and a lazy unmount; freed (ECONNABORTED) \(Int(took * 1000)) ms after SIGTERM to the supervisor"
             )
         } catch {

@@ -5,7 +5,7 @@ import Testing
 /// Rotation about every second, several concurrent readers for ~10 s: every read of
 /// `credentials` is complete, valid JSON from one generation, unexpired, and as long as
 /// `st_size` of its descriptor says.
-@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
+@Suite(.stopsFakes, .serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
 struct RotationStressTests {
     struct Tally {
         var reads = 0
@@ -17,7 +17,6 @@ struct RotationStressTests {
         // Every request rotates; 3 s credentials refreshed when 2 s are left: ~1 rotation/s.
         let server = FakeCredentialServer(lifetime: 3, rotateOnEachRequest: true)
         try await server.start()
-        defer { Task { await server.stop() } }
         let daemon = try Daemon(["--provider", "uri", "--uri", server.url, "--refresh-before", "2"])
         defer { daemon.stop() }
         let firstGeneration = try daemon.generation()

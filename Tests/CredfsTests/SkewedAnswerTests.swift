@@ -4,13 +4,12 @@ import Testing
 /// A real mount against an upstream whose `Date` runs 60 s ahead and whose answer expires
 /// 24 s ahead of the local clock: by the cloud's clock it has expired (issue 26). Once it
 /// drove the daemon to 1,081 requests in 2 s and dropped good credentials.
-@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
+@Suite(.stopsFakes, .serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(2)))
 struct SkewedAnswerTests {
     @Test func anAnswerExpiredByTheCloudsClockIsRejectedWithBackoff() async throws {
         // Generation 1: 290 s left by the fake's (the cloud's) clock, 350 s by ours.
         let server = FakeCredentialServer(lifetime: 290, clockOffset: 60)
         try await server.start()
-        defer { Task { await server.stop() } }
         let daemon = try Daemon(["--provider", "uri", "--uri", server.url])
         defer { daemon.stop() }
         try waitUntil("credentials") { try daemon.generation() == 1 }

@@ -14,7 +14,7 @@ struct SupervisorRuleTests {
     final class Setup {
         let dir: TempDir
         let log: String
-        let mount: HitlessTests.Supervised
+        let mount: Supervised
 
         init(
             limits: String = "", arguments: [String] = ["--provider", "demo"], environment extra: [String: String] = [:]
@@ -27,7 +27,7 @@ struct SupervisorRuleTests {
             var environment = Host.hermeticEnvironment.merging(extra) { $1 }
             environment[Supervisor.Limits.variable] = "log=\(log)" + (limits.isEmpty ? "" : "," + limits)
             do {
-                mount = try HitlessTests.Supervised(arguments, environment: environment)
+                mount = try Supervised(arguments, environment: environment)
             } catch {
                 dir.remove()
                 throw error
@@ -213,7 +213,7 @@ struct SupervisorRuleTests {
         try FileManager.default.removeItem(atPath: broken)
         let seen = times()
         let gaps = zip(seen.dropFirst(), seen).map { $0 - $1 }
-        HitlessTests.report("crash loop: gaps between failed starts \(gaps.map { Int($0 * 1000) }) ms")
+        Timings.report("crash loop: gaps between failed starts \(gaps.map { Int($0 * 1000) }) ms")
         // The pauses the rule sets before starts 5, 6 and 7: 0.4, 0.8, 1.6 s (a loaded
         // machine only makes them longer).
         #expect(gaps[3] >= 0.4 && gaps[4] >= 0.8 && gaps[5] >= 1.6, "\(gaps)")

@@ -11,10 +11,8 @@ import Testing
 /// pushes, never refreshes or reads; a flood of open handles by an unprivileged user keeps
 /// the server small and the pushes small; a successor without a readable state, or with a
 /// state older than what the kernel saw, never numbers a generation (so an inode) again.
-@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(5)))
+@Suite(.stopsFakes, .serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(5)))
 struct TakeoverStateTests {
-    typealias Supervised = HitlessTests.Supervised
-
     static func log(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
 
     static func status(_ mountpoint: String) -> [String: Any]? {
@@ -37,7 +35,6 @@ struct TakeoverStateTests {
     @Test func aStoppedSupervisorDelaysPushesNeverRefreshes() async throws {
         let server = FakeCredentialServer(lifetime: 10, rotateOnEachRequest: true)
         try await server.start()
-        defer { Task { await server.stop() } }
         let logDir = try TempDir()
         defer { logDir.remove() }
         let logFile = logDir.path + "/credfs.log"
@@ -47,7 +44,7 @@ struct TakeoverStateTests {
         defer { try? mount.stop() }
         try waitUntil("the first credentials") { Self.generation(mount.mountpoint) >= 1 }
         try #require(mount.supervisor > 0)
-        let readers = HitlessTests.Readers(path: mount.path("credentials"), count: 2)
+        let readers = Readers(path: mount.path("credentials"), count: 2)
         kill(mount.supervisor, SIGSTOP)
         var stopped = true
         defer { if stopped { kill(mount.supervisor, SIGCONT) } }
@@ -74,7 +71,7 @@ struct TakeoverStateTests {
         stopped = false
 
         let target = Self.generation(mount.mountpoint)
-        try HitlessStateTests.waitForCarriedState("generation \(target)", supervisor: mount.supervisor) { state in
+        try SupervisorStore.waitFor("generation \(target)", supervisor: mount.supervisor) { state in
             (state["credentials"] as? [String: Any])?["generation"] as? Int ?? 0 >= target
         }
         #expect(Self.log(logFile).contains("the service manager takes the state again"))
@@ -85,7 +82,7 @@ struct TakeoverStateTests {
         #expect(status["generation"] as? Int ?? 0 >= target)
         #expect(status["restarts"] as? Int == 1)
         #expect(["restored", "behind"].contains(status["carriedState"] as? String ?? ""), "\(status)")
-        HitlessTests.report(
+        Timings.report(
             "stopped supervisor: generations \(blocked) -> \(target) while stopped, \(tally.reads) reads, 0 failed; successor at \(status["generation"] ?? "?") (\(status["carriedState"] ?? "?"))"
         )
     }
@@ -96,7 +93,6 @@ struct TakeoverStateTests {
     @Test func aStoreThatNeverReadsDelaysPushesNeverRefreshes() async throws {
         let server = FakeCredentialServer(lifetime: 10, rotateOnEachRequest: true)
         try await server.start()
-        defer { Task { await server.stop() } }
         let mount = try ManagedMount(["--provider", "uri", "--uri", server.url, "--refresh-before", "8"])
         defer { mount.cleanup() }
         let first = try mount.start()
@@ -104,7 +100,7 @@ struct TakeoverStateTests {
             mount.newestStored >= 1 && mount.manager.has("fuse") && mount.manager.has("floor")
         }
         Self.fillQueue(mount.manager.name)
-        let readers = HitlessTests.Readers(path: mount.mountpoint + "/credentials", count: 2)
+        let readers = Readers(path: mount.mountpoint + "/credentials", count: 2)
         try waitUntil("a push the full queue cannot take", timeout: 30) {
             mount.logText.contains("does not take the state now")
         }
@@ -125,7 +121,7 @@ struct TakeoverStateTests {
         #expect(taken["generation"] as? Int ?? 0 >= target)
         #expect(taken["restarts"] as? Int == 1)
         #expect(mount.terminate(second) == 0)
-        HitlessTests.report(
+        Timings.report(
             "store never reading: generations \(blocked) -> \(target), \(tally.reads) reads, 0 failed; successor at \(taken["generation"] ?? "?") (\(taken["carriedState"] ?? "?"))"
         )
     }
@@ -138,7 +134,6 @@ struct TakeoverStateTests {
     @Test func aPushThatNeverWentIsCoveredByTheFloor() async throws {
         let server = FakeCredentialServer(rotateOnEachRequest: true)
         try await server.start()
-        defer { Task { await server.stop() } }
         let mount = try ManagedMount(["--provider", "uri", "--uri", server.url])
         defer { mount.cleanup() }
         let first = try mount.start()
@@ -172,7 +167,7 @@ struct TakeoverStateTests {
         #expect(readFileAsNewGroup(mount.mountpoint + "/access_key_id") == FakeCredentialServer.accessKeyId(3))
         #expect(mount.logText.contains("older than the generation it announced"))
         #expect(mount.terminate(second) == 0)
-        HitlessTests.report("push that never went: successor served generations \(seen)")
+        Timings.report("push that never went: successor served generations \(seen)")
     }
 
     /// A successor whose store holds no readable state (`unreadable`: a state that is not
@@ -183,7 +178,6 @@ struct TakeoverStateTests {
     func aSuccessorWithoutAReadableStateNeverGoesBack(_ problem: String) async throws {
         let server = FakeCredentialServer()
         try await server.start()
-        defer { Task { await server.stop() } }
         let mount = try ManagedMount(["--provider", "uri", "--uri", server.url])
         defer { mount.cleanup() }
         let first = try mount.start()
@@ -261,7 +255,6 @@ struct TakeoverStateTests {
     @Test func aFloodOfOpenHandlesStaysBounded() async throws {
         let server = FakeCredentialServer()
         try await server.start()
-        defer { Task { await server.stop() } }
         let build = try TempDir()
         defer { build.remove() }
         let source = build.path + "/holder.c"
@@ -278,7 +271,7 @@ struct TakeoverStateTests {
         defer { try? mount.stop() }
         chmod(mount.dir.path, 0o755)
         try waitUntil("the first credentials") { Self.generation(mount.mountpoint) == 1 }
-        try HitlessStateTests.waitForCarriedState("generation 1", supervisor: mount.supervisor) { state in
+        try SupervisorStore.waitFor("generation 1", supervisor: mount.supervisor) { state in
             (state["credentials"] as? [String: Any])?["generation"] as? Int == 1
         }
         let server1 = try mount.serverPID()
@@ -349,7 +342,7 @@ struct TakeoverStateTests {
         holders.forEach { kill($0.processIdentifier, SIGKILL) }
         holders.forEach { $0.waitUntilExit() }
         holders = []
-        HitlessTests.report(
+        Timings.report(
             "open-handle flood: \(held) handles by nobody; server RSS \(rssBefore >> 10) KiB -> \(rss >> 10) KiB; stored state \(largest) bytes (after the upgrade \(pushed)); successor RSS \(rss2 >> 10) KiB"
         )
     }

@@ -3,14 +3,13 @@ import Testing
 
 /// The `uri` source through a real mount, against a FakeHTTPServer-based credentials URI:
 /// one GET per refresh, and the whole chaos matrix.
-@Suite(.serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(4)))
+@Suite(.stopsFakes, .serialized, .enabled(if: Host.canMount, Host.canMountReason), .timeLimit(.minutes(4)))
 struct URIChaosTests {
     @Test func oneGETPerRefresh() async throws {
         let uri = FakeURIServer()
         try await uri.start()
-        defer { Task { await uri.stop() } }
         let daemon = try Daemon(
-            ["--provider", "uri", "--uri", uri.url], environment: RamRoleArnTests.environment())
+            ["--provider", "uri", "--uri", uri.url], environment: Fixtures.ramRoleArnEnvironment())
         defer { daemon.stop() }
         try waitUntil("generation 1") { try daemon.generation() == 1 }
         for n in 2...4 {
@@ -26,15 +25,10 @@ struct URIChaosTests {
     @Test func chaosMatrixKeepsLastGoodAndRecovers() async throws {
         let uri = FakeURIServer()
         try await uri.start()
-        defer { Task { await uri.stop() } }
         let daemon = try Daemon(
-            ["--provider", "uri", "--uri", uri.url], environment: RamRoleArnTests.environment())
+            ["--provider", "uri", "--uri", uri.url], environment: Fixtures.ramRoleArnEnvironment())
         defer { daemon.stop() }
-        try waitUntil("generation 1") { try daemon.generation() == 1 }
         // URI: 5 s connect / 10 s read, so a hung server is given up after about 10 s.
-        let measured = try runChaosMatrix(
-            daemon: daemon, hangBound: 11.5, setChaos: { chaos in uri.set { $0.chaos = chaos } },
-            rotate: { uri.rotate() })
-        #expect(measured.count == Chaos.allCases.count)
+        try runChaosMatrix(daemon: daemon, fake: uri, hangBound: 11.5)
     }
 }
