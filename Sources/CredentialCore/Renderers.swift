@@ -86,34 +86,41 @@ public enum Render {
 /// The rendered bytes of every credential view of one generation, computed once (at the
 /// first read after the generation is published) so that later opens and stats only copy them.
 public struct CredentialViews: Sendable {
-    public let credentials: [UInt8]
-    public let accessKeyId: [UInt8]
-    public let accessKeySecret: [UInt8]
-    public let token: [UInt8]?
-    public let expiration: [UInt8]?
-    public let env: [UInt8]
-    public let configJSON: [UInt8]
+    /// By `CredentialView.allCases` order; nil where these credentials have none.
+    private let table: [[UInt8]?]
 
     public init(_ c: Credentials, region: String = "cn-hangzhou") {
-        env = Render.envFile(c)
-        configJSON = Render.cliConfig(c, region: region)
-        credentials = Render.credentialsFile(c)
-        accessKeyId = Array(c.accessKeyId.utf8)
-        accessKeySecret = Array(c.accessKeySecret.utf8)
-        token = c.securityToken.map { Array($0.utf8) }
-        expiration = Render.expirationFile(c)
+        table = CredentialView.allCases.map { Render.view($0, of: c, region: region) }
     }
 
     /// The bytes of `view`; nil when these credentials have none (or for `status`).
     public func bytes(of view: CredentialView) -> [UInt8]? {
+        CredentialView.allCases.firstIndex(of: view).flatMap { table[$0] }
+    }
+
+    // Shorthands (the `get` command, tests).
+    public var credentials: [UInt8] { bytes(of: .credentials) ?? [] }
+    public var accessKeyId: [UInt8] { bytes(of: .accessKeyId) ?? [] }
+    public var accessKeySecret: [UInt8] { bytes(of: .accessKeySecret) ?? [] }
+    public var token: [UInt8]? { bytes(of: .token) }
+    public var expiration: [UInt8]? { bytes(of: .expiration) }
+    public var env: [UInt8] { bytes(of: .env) ?? [] }
+    public var configJSON: [UInt8] { bytes(of: .configJSON) ?? [] }
+}
+
+extension Render {
+    /// The one renderer of the credential views: the bytes of `view` for `c`, nil when `c`
+    /// has none (`token` of a key pair, `expiration` of a set that never expires) and for
+    /// `status` (rendered from a status snapshot, ``statusFile(_:)``).
+    public static func view(_ view: CredentialView, of c: Credentials, region: String) -> [UInt8]? {
         switch view {
-        case .credentials: credentials
-        case .accessKeyId: accessKeyId
-        case .accessKeySecret: accessKeySecret
-        case .token: token
-        case .expiration: expiration
-        case .env: env
-        case .configJSON: configJSON
+        case .credentials: credentialsFile(c)
+        case .accessKeyId: Array(c.accessKeyId.utf8)
+        case .accessKeySecret: Array(c.accessKeySecret.utf8)
+        case .token: c.securityToken.map { Array($0.utf8) }
+        case .expiration: expirationFile(c)
+        case .env: envFile(c)
+        case .configJSON: cliConfig(c, region: region)
         case .status: nil
         }
     }
