@@ -271,7 +271,7 @@ final class Transfer: @unchecked Sendable {
             return connected || status != 0 ? "read timed out" : "connect timed out"
         case CURLE_COULDNT_CONNECT:
             if osError > 0, osError < Int(Int32.max) {
-                return "cannot connect: \(String(cString: strerror(Int32(osError))))"
+                return "cannot connect: \(Errno.describe(Int32(clamping: osError)))"
             }
             return "cannot connect"
         case CURLE_COULDNT_RESOLVE_HOST: return "cannot resolve the host name"

@@ -151,12 +151,12 @@ enum ChildProcess {
             throw CredentialError("process: empty --command")
         }
         guard let out = Spawn.pipe() else {
-            throw CredentialError("process: pipe: \(String(cString: strerror(errno)))")
+            throw CredentialError("process: pipe: \(Errno.last)")
         }
         guard let err = Spawn.pipe() else {
             close(out.read)
             close(out.write)
-            throw CredentialError("process: pipe: \(String(cString: strerror(errno)))")
+            throw CredentialError("process: pipe: \(Errno.last)")
         }
         var spawn = Spawn(executable: program, arguments: argv)
         spawn.environment = environment

@@ -36,12 +36,12 @@ public enum SmallFile {
         guard !path.isEmpty else { throw CredentialError("\(what): no path given") }
         let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY)
         guard fd >= 0 else {
-            throw CredentialError("cannot open the \(shown): \(String(cString: strerror(errno)))")
+            throw CredentialError("cannot open the \(shown): \(Errno.last)")
         }
         defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0 else {
-            throw CredentialError("cannot stat the \(shown): \(String(cString: strerror(errno)))")
+            throw CredentialError("cannot stat the \(shown): \(Errno.last)")
         }
         guard st.st_mode & S_IFMT == S_IFREG else {
             let kind: String
@@ -68,7 +68,7 @@ public enum SmallFile {
             }
             if n < 0 {
                 if errno == EINTR { continue }
-                throw CredentialError("cannot read the \(shown): \(String(cString: strerror(errno)))")
+                throw CredentialError("cannot read the \(shown): \(Errno.last)")
             }
             if n == 0 { break }
             bytes.append(contentsOf: chunk[0..<n])

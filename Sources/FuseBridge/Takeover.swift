@@ -157,6 +157,8 @@ public struct BridgeState: Codable, Sendable, Equatable {
     }
 
     public struct Versions: Codable, Sendable, Equatable {
+        /// Never read: written (as 0) because binaries before this one require the key when
+        /// they decode a state, so a downgrade keeps its carried state (docs/decisions.md).
         public var nextInode: UInt64
         public var nodes: [Node]
     }

@@ -26,3 +26,9 @@ public func startThread(name: String, _ body: @escaping @Sendable () -> Void) ->
     _ = pthread_detach(thread)
     return true
 }
+
+/// Names the calling thread (up to 15 bytes); called on the main thread, this is the
+/// process's name in `ps`, `pgrep -x` and the kernel's log.
+public func nameCurrentThread(_ name: String) {
+    _ = credfs_set_thread_name(pthread_self(), String(name.utf8.prefix(15)) ?? "credfs")
+}

@@ -18,7 +18,11 @@ enum Entry {
         switch ServerLaunch.take() {
         case .success(let launch):
             ServerLaunch.current = launch
-            if let launch { arguments = launch.arguments }
+            if let launch {
+                arguments = launch.arguments
+                // Exec'd through /proc/self/fd/5, the process would be named "5".
+                nameCurrentThread("credfs")
+            }
         case .failure(let failure):
             Output.error("credfs: \(failure.message)")
             exit(1)

@@ -5,6 +5,7 @@ import CPosixIPC
 import FoundationEssentials
 import FuseBridge
 import Glibc
+import Posix
 
 /// `credfs keeper`: the fd store of a node, for Kubernetes (docs/operations.md, "Kubernetes").
 /// A credfs pod dies or is replaced; the FUSE connection, its INIT, the carried state and
@@ -247,7 +248,7 @@ final class NodeStore {
         unlink(socket)
         listener = credfs_listen_seqpacket(socket)
         guard listener >= 0 else {
-            log("cannot listen at \(socket): \(MountPoint.describe(errno))")
+            log("cannot listen at \(socket): \(Errno.last)")
             return false
         }
         return true
@@ -374,7 +375,7 @@ final class NodeStore {
                 if result != 0 { sent = false }
             }
             guard sent else {
-                log("could not hand the store to pid \(next.pid): \(MountPoint.describe(errno))")
+                log("could not hand the store to pid \(next.pid): \(Errno.last)")
                 close(next.fd)
                 continue
             }
@@ -390,7 +391,7 @@ final class NodeStore {
     /// descriptors closed, so no dead mount is left behind.
     func endConnection() {
         if let mountpoint, !FuseFileSystem.detach(mountpoint) {
-            log("cannot unmount \(mountpoint): \(MountPoint.describe(errno))")
+            log("cannot unmount \(mountpoint): \(Errno.last)")
         }
         dropStore()
     }
@@ -494,7 +495,7 @@ struct KeeperLaunch: ParsableCommand {
         var cArgs = argv.map { strdup($0) }
         cArgs.append(nil)
         execv("/proc/self/fd/\(layout.executable)", &cArgs)
-        throw Failure(message: "cannot run the server: \(MountPoint.describe(errno))")
+        throw Failure(message: "cannot run the server: \(Errno.last)")
     }
 }
 
@@ -515,7 +516,7 @@ struct KeeperHandover: ParsableCommand {
         guard pidfd >= 0 else { return }
         defer { close(pidfd) }
         guard kill(pid, SIGUSR2) == 0 else {
-            throw Failure(message: "cannot signal pid \(pid): \(MountPoint.describe(errno))")
+            throw Failure(message: "cannot signal pid \(pid): \(Errno.last)")
         }
         var poller = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
         if poll(&poller, 1, Int32(within * 1000)) == 0 {

@@ -132,7 +132,4 @@ enum MountPoint {
         var st = stat()
         return stat(path, &st) == 0 && st.st_ino == 1
     }
-
-    /// ``Errno/describe(_:)``: still called so by Supervisor.swift and Upgrade.swift.
-    static func describe(_ code: Int32) -> String { Errno.describe(code) }
 }

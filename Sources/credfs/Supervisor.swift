@@ -168,12 +168,12 @@ final class Supervisor {
         }
         argumentsFd = Self.argumentsDescriptor
         guard binary >= 0 else {
-            report("error: cannot open the credfs binary: \(MountPoint.describe(errno))")
+            report("error: cannot open the credfs binary: \(Errno.last)")
             return 1
         }
         var pipeFds: [Int32] = [-1, -1]
         guard credfs_pipe_cloexec(&pipeFds) == 0 else {
-            report("error: pipe: \(MountPoint.describe(errno))")
+            report("error: pipe: \(Errno.last)")
             return 1
         }
         for fd in pipeFds { _ = fcntl(fd, F_SETFL, O_NONBLOCK) }
@@ -196,7 +196,7 @@ final class Supervisor {
         defer { if let controlPath { unlink(controlPath) } }
 
         guard let first = spawnServer(binary: binary, first: true) else {
-            report("error: cannot start the server: \(MountPoint.describe(errno))")
+            report("error: cannot start the server: \(Errno.last)")
             return 1
         }
         server = first
@@ -222,7 +222,7 @@ final class Supervisor {
         unlink(path)
         control = credfs_listen_seqpacket(path)
         if control < 0 {
-            log("no upgrade socket: cannot listen at \(path): \(MountPoint.describe(errno))")
+            log("no upgrade socket: cannot listen at \(path): \(Errno.last)")
         } else {
             controlPath = path
         }
@@ -314,7 +314,7 @@ final class Supervisor {
                 if let next = spawnServer(binary: binary, first: false) {
                     server = next
                 } else {
-                    log("cannot start a successor: \(MountPoint.describe(errno)); retrying")
+                    log("cannot start a successor: \(Errno.last); retrying")
                     quickDeaths += 1
                     restartAt = Self.now() + 1
                 }
@@ -404,7 +404,7 @@ final class Supervisor {
         defer { if !adopted { close(newBinary) } }
         // 1. Does it run at all? The serving process is not touched if not.
         guard let check = spawn(newBinary, ["credfs", "--version"], descriptors: [], environment: [:]) else {
-            return "error: \(name) does not run: \(MountPoint.describe(errno))"
+            return "error: \(name) does not run: \(Errno.last)"
         }
         candidate = check
         pump(until: { self.exits[check.pid] != nil }, seconds: limits.version)
@@ -476,7 +476,7 @@ final class Supervisor {
             }
         }
         guard let next = taking ?? spawnServer(binary: newBinary, first: false) else {
-            return restartPrevious(after: "\(name) did not start: \(MountPoint.describe(errno))")
+            return restartPrevious(after: "\(name) did not start: \(Errno.last)")
         }
         server = next
         pump(until: { self.serving.contains(next.pid) || self.exits[next.pid] != nil }, seconds: limits.serving)
@@ -508,7 +508,7 @@ final class Supervisor {
     func restartPrevious(after failure: String) -> String {
         guard let previous = spawnServer(binary: binary, first: false) else {
             return
-                "error: \(failure); the previous binary did not start again either (\(MountPoint.describe(errno))): the supervisor keeps trying"
+                "error: \(failure); the previous binary did not start again either (\(Errno.last)): the supervisor keeps trying"
         }
         server = previous
         pump(

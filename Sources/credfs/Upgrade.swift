@@ -3,6 +3,7 @@ import CPosixIPC
 import CredentialCore
 import FoundationEssentials
 import Glibc
+import Posix
 
 /// `credfs upgrade [MOUNTPOINT] [--binary PATH]`: asks the mount's supervisor to replace
 /// the serving process by PATH on the same connection (docs/hitless.md).
@@ -32,7 +33,7 @@ struct Upgrade: ParsableCommand {
         if let binary {
             let target = binary.hasPrefix("/") ? binary : URL(fileURLWithPath: binary).standardizedFileURL.path
             guard access(target, X_OK) == 0 else {
-                throw Failure(message: "\(target) is not an executable file: \(MountPoint.describe(errno))")
+                throw Failure(message: "\(target) is not an executable file: \(Errno.last)")
             }
             file = open(target, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
             var st = stat()
@@ -85,14 +86,14 @@ enum ControlSocket {
     static func prepareDirectory(uid: uid_t) -> String? {
         let dir = directory(uid: uid)
         if mkdir(dir, 0o700) != 0, errno != EEXIST {
-            return "cannot create \(dir): \(MountPoint.describe(errno))"
+            return "cannot create \(dir): \(Errno.last)"
         }
         var st = stat()
         guard lstat(dir, &st) == 0, st.st_mode & S_IFMT == S_IFDIR, st.st_uid == uid else {
             return "\(dir) is not a directory owned by uid \(uid)"
         }
         if st.st_mode & 0o077 != 0, chmod(dir, 0o700) != 0 {
-            return "\(dir) is open to other users and cannot be closed: \(MountPoint.describe(errno))"
+            return "\(dir) is open to other users and cannot be closed: \(Errno.last)"
         }
         return nil
     }
@@ -175,7 +176,7 @@ enum ControlSocket {
         let sent = bytes.withUnsafeBytes { raw in
             credfs_send_message(connection, nil, 0, raw.baseAddress, raw.count, &fds, 1)
         }
-        guard sent == 0 else { throw Failure(message: "cannot send the request: \(MountPoint.describe(errno))") }
+        guard sent == 0 else { throw Failure(message: "cannot send the request: \(Errno.last)") }
         var poller = pollfd(fd: connection, events: Int16(POLLIN), revents: 0)
         let deadline = ContinuousClock.now + .seconds(60)
         var buffer = [UInt8](repeating: 0, count: 1024)

@@ -31,6 +31,8 @@ import Testing
             try waitUntil("a successor", timeout: 5) { (try? mount.serverPID()).map { $0 != old && $0 > 0 } ?? false }
             takeovers.append(Date().timeIntervalSince(killed))
             let status = try mount.status()
+            // Named as the binary (`ps`, `pgrep -x credfs`), not "5" (its exec through /proc/self/fd/5).
+            #expect(readProcFile("/proc/\(try mount.serverPID())/comm") == "credfs\n")
             #expect(status["restarts"] as? Int == round)
             #expect(status["generation"] as? Int == 1)
             #expect(status["mountedAt"] as? String == mountedAt)
