@@ -127,6 +127,15 @@ static inline ssize_t credfs_fuse_notify_resend(int fd) {
     return write(fd, &header, sizeof(header));
 }
 
+/// The FUSE_NOTIFY_INC_EPOCH notification (protocol 7.44, Linux 6.16+; libfuse 3.14 has no
+/// wrapper): the kernel bumps the connection's epoch, and every dentry looked up before it
+/// is looked up again at its next use. It takes no lock. Returns what write(2) returned
+/// (16 when the kernel took it; -1 with EINVAL where it does not know the code).
+static inline ssize_t credfs_fuse_notify_inc_epoch(int fd) {
+    struct { uint32_t len; int32_t error; uint64_t unique; } header = { 16, 8, 0 };
+    return write(fd, &header, sizeof(header));
+}
+
 static inline int credfs_disable_cancel(void) {
     int old = 0;
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old);

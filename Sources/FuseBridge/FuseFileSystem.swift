@@ -65,6 +65,8 @@ public final class FuseFileSystem: Sendable {
     let versions = VersionTable()
     let handles = HandleTable()
     let parking = Parking()
+    /// Invalidations and the stop's grace, on a thread of their own (Invalidator.swift).
+    let invalidator = Invalidator()
     let counters = Mutex(RequestCounts())
     /// Set by the init callback: the kernel agreed to stop sending OPEN.
     let noOpen = Atomic<Bool>(false)
@@ -200,6 +202,7 @@ public final class FuseFileSystem: Sendable {
         nonisolated(unsafe) let loopSession = se
         state.withLock { $0.running = true }
         parking.runTimer { [self] expired in expired.forEach { resume($0) } }
+        invalidator.run(deliver: { [self] names in deliverInvalidation(names) }, expire: { [self] in graceEnded() })
         let started = startThread(name: "fuse-loop") { [self] in
             let config = fuse_loop_cfg_create()
             fuse_loop_cfg_set_max_threads(config, maxThreads)
@@ -225,6 +228,7 @@ public final class FuseFileSystem: Sendable {
     }
 
     private func loopEnded() {
+        invalidator.finish()
         endParking()
         let resume = state.withLock { s -> [CheckedContinuation<Void, Never>] in
             s.running = false
@@ -261,15 +265,18 @@ public final class FuseFileSystem: Sendable {
             endLoop()
             return
         }
-        Task { [self] in
-            try? await Task.sleep(for: grace)
-            endLoop()
-            let resume = state.withLock { s -> [CheckedContinuation<Void, Never>] in
-                defer { s.waiters = [] }
-                return s.waiters
-            }
-            resume.forEach { $0.resume() }
+        // Without the thread (none could start), the loop ends now.
+        if !invalidator.expire(after: grace) { graceEnded() }
+    }
+
+    /// The stop's grace is over (on the invalidation thread): end the loop whatever is held.
+    private func graceEnded() {
+        endLoop()
+        let resume = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            defer { s.waiters = [] }
+            return s.waiters
         }
+        resume.forEach { $0.resume() }
     }
 
     /// Ends the request loop now (readers of the device get ENODEV).
@@ -286,21 +293,13 @@ public final class FuseFileSystem: Sendable {
         parking.takeAll().forEach { resume($0) }
     }
 
-    /// Drops what the kernel caches for the named files (data and attributes). Call it
-    /// after their content changed, after ``wake()``, and never from inside a request
-    /// handler: an entry invalidation waits for lookups in progress (a parked one too).
+    /// Drops what the kernel caches for the named files (data, attributes and entries).
+    /// Call it after their content changed, after ``wake()``. It returns at once: the
+    /// invalidation thread delivers it (Invalidator.swift), so no caller waits in the
+    /// kernel behind a lookup in progress, and nothing notifies from a request handler.
     public func invalidate(_ names: [String]) {
-        // Not under the lock: the kernel may hold an entry invalidation until a lookup in
-        // progress in the directory is answered.
-        guard let se = state.withLock({ $0.running && !$0.detached ? $0.session : nil }) else { return }
-        for name in names {
-            guard let index = tree.index(named: name) else { continue }
-            // The unversioned inode may hold data from a pending period, too.
-            _ = fuse_lowlevel_notify_inval_inode(se, tree.inode(of: index), 0, 0)
-            if tree.files[index].caching == .versioned {
-                _ = fuse_lowlevel_notify_inval_entry(se, VirtualDirectory.rootInode, name, name.utf8.count)
-            }
-        }
+        guard state.withLock({ $0.running && !$0.detached }) else { return }
+        invalidator.request(names)
     }
 
     /// Lazily unmounts `path` (the kernel finishes once the last file on it is closed).

@@ -116,6 +116,7 @@ enum FuseOps {
         userdata, conn in
         guard let userdata, let conn else { return }
         let fs = Unmanaged<FuseFileSystem>.fromOpaque(userdata).takeUnretainedValue()
+        fs.invalidator.kernelOffered(minor: conn.pointee.proto_minor)
         conn.pointee.want |= fs.wants(capable: conn.pointee.capable)
     }
 

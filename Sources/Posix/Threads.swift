@@ -6,23 +6,31 @@ import Glibc
 @discardableResult
 public func startThread(name: String, _ body: @escaping @Sendable () -> Void) -> Bool {
     final class Box {
+        let name: String
         let body: @Sendable () -> Void
-        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+        init(_ name: String, _ body: @escaping @Sendable () -> Void) {
+            self.name = name
+            self.body = body
+        }
     }
-    let context = Unmanaged.passRetained(Box(body)).toOpaque()
+    let context = Unmanaged.passRetained(Box(String(name.utf8.prefix(15)) ?? "credfs", body)).toOpaque()
     var thread = pthread_t()
     let started = pthread_create(
         &thread, nil,
         { raw in
             guard let raw else { return nil }
-            Unmanaged<Box>.fromOpaque(raw).takeRetainedValue().body()
+            let box = Unmanaged<Box>.fromOpaque(raw).takeRetainedValue()
+            // Named by itself before its body runs, so the threads the body starts (libfuse's
+            // workers) inherit the name; named by the creator, they could inherit the
+            // creator's name first.
+            _ = credfs_set_thread_name(pthread_self(), box.name)
+            box.body()
             return nil
         }, context)
     guard started == 0 else {
         Unmanaged<Box>.fromOpaque(context).release()
         return false
     }
-    _ = credfs_set_thread_name(thread, String(name.utf8.prefix(15)) ?? "credfs")
     _ = pthread_detach(thread)
     return true
 }

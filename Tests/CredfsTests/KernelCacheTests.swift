@@ -20,14 +20,19 @@ struct KernelCacheTests {
         let daemon = try Daemon(["--provider", "uri", "--uri", server.url, "--kernel-cache"])
         defer { daemon.stop() }
         try waitUntil("credentials") { generation(daemon.read("credentials")) == 1 }
+        let names = ["credentials", "token", "access_key_id", "env", "config.json", "expiration"]
+        // The first OPEN once every file has content is answered ENOSYS, which ends OPENs for
+        // the connection (an open parked for the first credentials was answered before).
+        // `status` is read after that: it is rendered at its lookup and then cached, and a
+        // rendering from before that last OPEN would count one less than later ones.
+        for name in names { #expect(daemon.read(name).bytes?.isEmpty == false) }
         let before = try daemon.status()["openRequests"] as? Int ?? -1
-        for name in ["credentials", "token", "access_key_id", "env", "config.json", "expiration"] {
+        for name in names {
             for _ in 0..<100 { #expect(daemon.read(name).bytes?.isEmpty == false) }
         }
         let status = try daemon.status()
         #expect(status["mode"] as? String == "kernel-cache")
-        // The first OPEN is answered ENOSYS, which ends OPENs for the connection.
-        #expect(before <= 1)
+        #expect(before >= 1 && before <= 2)
         #expect(status["openRequests"] as? Int == before, "600 reads sent OPENs: \(status)")
     }
 
