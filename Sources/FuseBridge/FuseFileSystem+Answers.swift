@@ -31,8 +31,8 @@ extension FuseFileSystem {
     /// The capabilities to ask for at INIT, of those the kernel offers.
     func wants(capable: UInt32) -> UInt32 {
         var want: UInt32 = 0
-        // Lookups in the root run in parallel: without this the kernel serializes them, and
-        // one parked lookup would hold every other name in the directory.
+        // Asked for so lookups in the root can run in parallel (one parked lookup need not
+        // hold other names); the kernel may still serialize them (docs/decisions.md).
         let parallel = UInt32(FUSE_CAP_PARALLEL_DIROPS)
         if capable & parallel != 0 { want |= parallel }
         let noOpen = UInt32(FUSE_CAP_NO_OPEN_SUPPORT)
