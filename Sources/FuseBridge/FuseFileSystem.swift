@@ -171,6 +171,10 @@ public final class FuseFileSystem: Sendable {
         self.tree = tree
         self.mountpoint = mountpoint
         self.options = options
+        // A version's node goes when the file stops serving that version (VersionTable).
+        versions.servedFor { index, version in
+            tree.files.indices.contains(index) ? tree.files[index].servedFor?(version) : nil
+        }
     }
 
     deinit {

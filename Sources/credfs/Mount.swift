@@ -239,7 +239,8 @@ struct Mount: AsyncParsableCommand {
         views.reportServing { [fs] in
             ServingFacts(
                 mode: kernelCacheMode ? "kernel-cache" : "default", parkedRequests: fs.parkedCount,
-                openRequests: fs.requestCounts.open)
+                openRequests: fs.requestCounts.open, versionedInodes: fs.versionedInodeCount,
+                openHandles: fs.openHandleCount)
         }
         hitless.restore(refresher, views: views)
         // Listen before mounting (a busy port must not leave a mount behind) and after the
