@@ -9,8 +9,9 @@
  *
  * Every read is checked: the file opens, reads to EOF, is non-empty and starts as the
  * demo source's values do (`credentials`: a JSON object with all four keys). Counts live
- * in shared memory; the parent rewrites STATSFILE once a second
- * ("reads=N failures=N errno_LAST=N"), and on SIGTERM stops its children and exits.
+ * in shared memory; the parent rewrites STATSFILE once a second ("reads=N failures=N
+ * eio=N estale=N other=N": failures by errno, content errors counted as other), and on
+ * SIGTERM stops its children, prints the same line and exits.
  * The first few failures go to stderr.
  */
 #define _GNU_SOURCE
@@ -30,6 +31,8 @@ struct counts {
     atomic_long reads;
     atomic_long failures;
     atomic_int last_errno;
+    /* failures with EIO (no valid credentials: the contract's error), ESTALE, other */
+    atomic_long eio, estale, other;
 };
 
 static struct counts *shared;
@@ -43,6 +46,7 @@ static void on_term(int sig) {
 static void fail(const char *path, int err, const char *why) {
     long n = atomic_fetch_add(&shared->failures, 1);
     atomic_store(&shared->last_errno, err);
+    atomic_fetch_add(err == EIO ? &shared->eio : err == ESTALE ? &shared->estale : &shared->other, 1);
     if (n < 20) fprintf(stderr, "soakreaders: %s: %s (errno %d)\n", path, why, err);
 }
 
@@ -159,8 +163,9 @@ int main(int argc, char **argv) {
         snprintf(tmp, sizeof tmp, "%s.tmp", stats);
         FILE *f = fopen(tmp, "w");
         if (f) {
-            fprintf(f, "reads=%ld failures=%ld last_errno=%d\n", atomic_load(&shared->reads),
-                    atomic_load(&shared->failures), atomic_load(&shared->last_errno));
+            fprintf(f, "reads=%ld failures=%ld eio=%ld estale=%ld other=%ld\n", atomic_load(&shared->reads),
+                    atomic_load(&shared->failures), atomic_load(&shared->eio), atomic_load(&shared->estale),
+                    atomic_load(&shared->other));
             fclose(f);
             rename(tmp, stats);
         }
@@ -170,7 +175,8 @@ int main(int argc, char **argv) {
         if (kids[i] > 0) kill(kids[i], SIGTERM);
     for (int i = 0; i < total; i++)
         if (kids[i] > 0) waitpid(kids[i], NULL, 0);
-    printf("reads=%ld failures=%ld last_errno=%d\n", atomic_load(&shared->reads), atomic_load(&shared->failures),
-           atomic_load(&shared->last_errno));
+    printf("reads=%ld failures=%ld eio=%ld estale=%ld other=%ld\n", atomic_load(&shared->reads),
+           atomic_load(&shared->failures), atomic_load(&shared->eio), atomic_load(&shared->estale),
+           atomic_load(&shared->other));
     return 0;
 }

@@ -10,8 +10,8 @@ import Synchronization
 /// a listing, a lookup and a later process serving the same connection.
 ///
 /// Bounded whatever the kernel keeps: the kernel holds unused inodes until memory pressure
-/// (a FORGET may never come), so a node also goes once its version's time is up (what
-/// ``servedFor(_:)`` said when it was created) and when its file has more than
+/// (a FORGET may never come), so a node also goes ``grace`` after its version's time is up
+/// (what ``servedFor(_:)`` said when it was created) and when its file has more than
 /// ``versionsPerFile`` versions (the least recently looked-up goes). The kernel's requests
 /// on an inode that went are answered as for any unknown old inode: ESTALE to an open or
 /// `stat` (the kernel looks the name up again), an error to a read (docs/hitless.md).
@@ -90,7 +90,7 @@ final class VersionTable: Sendable {
         // Asked outside the lock, and only for a node that is not there (or whose time was
         // up: the file gives this version out again, so it is served for what it says now).
         let known = table.withLock { $0.entries[inode].map { $0.until.map { now < $0 } ?? true } ?? false }
-        let until = known ? nil : Self.deadline(served.function?(fileIndex, version), now: now)
+        let until = known ? nil : deadline(served.function?(fileIndex, version), now: now)
         let (node, changed) = table.withLock { table -> (Node, Bool) in
             table.uses &+= 1
             if var entry = table.entries[inode] {
@@ -110,11 +110,22 @@ final class VersionTable: Sendable {
         return node
     }
 
-    /// When a version served for `seconds` more stops: nil for no end, or none known (0 is
-    /// a version not served to new readers now, such as a pinned one).
-    static func deadline(_ seconds: Double?, now: ContinuousClock.Instant) -> ContinuousClock.Instant? {
+    /// How long a node outlives its version's end: a reader that looked the name up just
+    /// before it (a pinned group reading several fields) still gets its `stat` and reads
+    /// answered, as they were before nodes had an end (the kernel asks for the attributes
+    /// at each read of an inode whose attributes it may not cache).
+    let grace: Duration
+
+    init(grace: Duration = .seconds(30)) {
+        self.grace = grace
+    }
+
+    /// When a node of a version served for `seconds` more goes (``grace`` after the
+    /// version's end): nil for no end, or none known (0 is a version not served to new
+    /// readers now, such as a pinned one).
+    func deadline(_ seconds: Double?, now: ContinuousClock.Instant) -> ContinuousClock.Instant? {
         guard let seconds, seconds.isFinite, seconds > 0 else { return nil }
-        return now.advanced(by: .milliseconds(Int64(min(seconds, 366 * 86_400) * 1000)))
+        return now.advanced(by: .milliseconds(Int64(min(seconds, 366 * 86_400) * 1000))).advanced(by: grace)
     }
 
     func node(_ inode: UInt64) -> Node? {

@@ -162,10 +162,13 @@ import Testing
         #expect(table.all.allSatisfy { $0.fileIndex == 0 || $0.version > 500 })
     }
 
-    /// A version's node goes once the file stops serving it (its credentials expired),
-    /// FORGET or not; a version not served to new readers (0: a pinned one) has no end.
+    /// A version's node goes (`grace` after) the file stops serving it (its credentials
+    /// expired), FORGET or not; a version not served to new readers (0: a pinned one) has
+    /// no end.
     @Test func aNodeGoesWhenItsVersionIsNoLongerServed() {
-        let table = VersionTable()
+        #expect(VersionTable().grace == .seconds(30))
+        let table = VersionTable(grace: .milliseconds(50))
+        // Version 1 ends in 0.05 s; version 2 is not served now; 3 never ends.
         table.servedFor { _, version in version == 1 ? 0.05 : (version == 2 ? 0 : nil) }
         let now = Date()
         let expiring = table.lookUp(fileIndex: 0, version: 1, bytes: [1], mtime: now)!.inode
