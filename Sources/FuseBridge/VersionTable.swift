@@ -150,8 +150,11 @@ final class VersionTable: Sendable {
     /// How many versioned inodes are held now.
     var count: Int { table.withLock { $0.entries.count } }
 
-    /// Every node (for handing the table to a successor process).
-    var all: [Node] { table.withLock { $0.entries.values.map(\.node) } }
+    /// Every node still served (for handing the table to a successor process).
+    var all: [Node] {
+        let now = ContinuousClock.now
+        return table.withLock { $0.entries.values.filter { $0.until.map { now < $0 } ?? true }.map(\.node) }
+    }
 }
 
 extension VersionTable {
@@ -169,17 +172,25 @@ extension VersionTable {
     /// Takes over a predecessor's nodes. Inode numbers are computed from (file, version), so
     /// a carried node is kept only where its number is the one this process computes for it:
     /// an inode number never stands for other bytes.
-    /// Within ``versionsPerFile``: the newest versions of each file.
+    /// Within ``versionsPerFile``: the newest versions of each file. A carried node ends as
+    /// a new one would (its version's end and ``grace``); one of a version not served now
+    /// ends after ``grace`` (the predecessor's view of the kernel may be a push behind: a
+    /// node the kernel already forgot would otherwise stay).
     func restore(_ state: BridgeState.Versions) {
         let now = ContinuousClock.now
+        let served = served.function
+        let ends = state.nodes.map { node in
+            deadline(served?(node.fileIndex, node.version), now: now)
+                ?? (served?(node.fileIndex, node.version) == 0 ? now.advanced(by: grace) : nil)
+        }
         table.withLock { table in
-            for node in state.nodes.sorted(by: { $0.version < $1.version }) {
+            for (node, until) in zip(state.nodes, ends).sorted(by: { $0.0.version < $1.0.version }) {
                 guard Self.inode(file: node.fileIndex, version: node.version) == node.inode else { continue }
                 table.uses &+= 1
                 let restored = Node(
                     inode: node.inode, fileIndex: node.fileIndex, version: node.version, bytes: Array(node.bytes),
                     mtime: Date(timeIntervalSince1970: node.mtime), lookups: node.lookups)
-                table.entries[node.inode] = Entry(node: restored, used: table.uses, until: nil)
+                table.entries[node.inode] = Entry(node: restored, used: table.uses, until: until)
                 _ = table.trim(file: node.fileIndex, keep: node.inode, now: now)
             }
         }

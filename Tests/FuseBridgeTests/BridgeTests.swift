@@ -196,6 +196,14 @@ import Testing
         table.restore(BridgeState.Versions(nextInode: 0, nodes: nodes.shuffled()))
         #expect(table.count == VersionTable.versionsPerFile)
         #expect(Set(table.all.map(\.version)) == Set((41 - UInt64(VersionTable.versionsPerFile))...40))
+        // Carried nodes of versions not served now end after the grace; the current one stays.
+        let successor = VersionTable(grace: .milliseconds(50))
+        successor.servedFor { _, version in version == 40 ? nil : 0 }
+        successor.restore(BridgeState.Versions(nextInode: 0, nodes: Array(nodes.suffix(3))))
+        #expect(successor.count == 3)
+        let deadline = ContinuousClock.now.advanced(by: .seconds(5))
+        while successor.all.count > 1, ContinuousClock.now < deadline { usleep(5_000) }
+        #expect(successor.all.map(\.version) == [40])
     }
 }
 
