@@ -493,9 +493,14 @@ public struct ServingFacts: Sendable, Equatable {
     public var parkedRequests: Int
     /// OPEN requests the daemon has answered since it started.
     public var openRequests: Int
+    /// Versioned inodes (one per generation and file) the daemon holds bytes for now.
+    public var versionedInodes: Int
+    /// Open file and directory handles now.
+    public var openHandles: Int
 
     public init(
-        pid: Int, restarts: Int, carriedState: String, mode: String, parkedRequests: Int, openRequests: Int
+        pid: Int, restarts: Int, carriedState: String, mode: String, parkedRequests: Int, openRequests: Int,
+        versionedInodes: Int = 0, openHandles: Int = 0
     ) {
         self.pid = pid
         self.restarts = restarts
@@ -503,5 +508,7 @@ public struct ServingFacts: Sendable, Equatable {
         self.mode = mode
         self.parkedRequests = parkedRequests
         self.openRequests = openRequests
+        self.versionedInodes = versionedInodes
+        self.openHandles = openHandles
     }
 }

@@ -75,7 +75,8 @@ public enum Render {
         if let serving = s.serving {
             fields += [
                 ("mode", str(serving.mode)), ("parkedRequests", int(serving.parkedRequests)),
-                ("openRequests", int(serving.openRequests)),
+                ("openRequests", int(serving.openRequests)), ("versionedInodes", int(serving.versionedInodes)),
+                ("openHandles", int(serving.openHandles)),
             ]
         }
         let body = fields.map { "  \(jsonString($0.0)): \($0.1)" }.joined(separator: ",\n")

@@ -159,6 +159,10 @@ public final class FuseFileSystem: Sendable {
         self.mountpoint = mountpoint
         self.options = options
         self.send = send
+        // A version's node goes when the file stops serving that version (VersionTable).
+        versions.servedFor { index, version in
+            tree.files.indices.contains(index) ? tree.files[index].servedFor?(version) : nil
+        }
     }
 
     deinit {

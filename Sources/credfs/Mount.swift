@@ -244,7 +244,8 @@ struct Mount: AsyncParsableCommand {
             ServingFacts(
                 pid: pid, restarts: hitless.restarts, carriedState: hitless.carriedState.rawValue,
                 mode: kernelCacheMode ? "kernel-cache" : "default", parkedRequests: fs.parkedCount,
-                openRequests: fs.requestCounts.open)
+                openRequests: fs.requestCounts.open, versionedInodes: fs.versionedInodeCount,
+                openHandles: fs.openHandleCount)
         }
         let restored = hitless.restore(refresher, views: views)
         // Listen before mounting (a busy port must not leave a mount behind) and after the
