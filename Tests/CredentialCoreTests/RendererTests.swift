@@ -189,6 +189,7 @@ import Testing
         "state", "provider", "generation", "accessKeyId", "expiration", "secondsRemaining",
         "lastRefresh", "nextRefresh", "consecutiveFailures", "lastError", "upstreamRequests", "mountedAt",
         "pid", "restarts", "carriedState", "version", "clockSkewSeconds", "mode", "parkedRequests", "openRequests",
+        "versionedInodes", "openHandles",
     ]
 
     /// The keys of a rendered status file, in the order they appear.
