@@ -16,14 +16,6 @@
 
 // Variadic or macro-only C APIs do not import into Swift: wrap them here.
 
-static inline int credfs_set_not_dumpable(void) {
-    return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-}
-
-static inline int credfs_is_dumpable(void) {
-    return prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
-}
-
 // ---- Descriptors the bridge uses (eventfd, thread id, non-blocking) -----------------------
 // (Descriptor passing, memfd and pidfd are in CPosixIPC. The socket headers stay included:
 // Swift code that imports this module uses their names.)

@@ -9,7 +9,14 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <sys/prctl.h>
 #include <unistd.h>
+
+/// PR_SET_DUMPABLE 0: no core dump, /proc/PID and ptrace closed to other processes of the
+/// same uid without CAP_SYS_PTRACE (prctl is variadic: wrapped).
+static inline int credfs_set_not_dumpable(void) { return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0); }
+
+static inline int credfs_is_dumpable(void) { return prctl(PR_GET_DUMPABLE, 0, 0, 0, 0); }
 
 /// pipe2(fds, O_CLOEXEC): both ends close-on-exec from the start.
 static inline int credfs_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }

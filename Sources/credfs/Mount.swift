@@ -1,5 +1,6 @@
 import ArgumentParser
 import CFuse3
+import CPosix
 import CredentialCore
 import FoundationEssentials
 import FuseBridge

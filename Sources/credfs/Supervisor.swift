@@ -1,5 +1,4 @@
 import ArgumentParser
-import CFuse3
 import CPosix
 import CPosixIPC
 import FoundationEssentials
